@@ -1,0 +1,1 @@
+"""Flax Linen modules of the PixelHDM network (no training logic)."""

@@ -1,0 +1,63 @@
+"""Adaptive normalisation: TokenAdaLN (patch path, from t_emb) and factorised PixelwiseAdaLN (pixel path).
+
+Both return six modulations in the order [gamma1, beta1, alpha1, gamma2, beta2, alpha2]. TokenAdaLN is
+used as `gamma * norm(x) + beta` with bias init [1, 0, 1, 1, 0, 1]; PixelwiseAdaLN as
+`(1 + gamma) * norm(x) + beta` with bias init [0, 0, 1, 0, 0, 1] (`reference/original_pytorch.md` §2.6, §2.10).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from pixelhdm_jax.models.layers import Dtype, RMSNorm, dense
+
+
+def chunk_bias(width: int, chunk_values: tuple[float, ...]):
+  """Initializer of a bias made of `len(chunk_values)` constant chunks of size `width`."""
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    assert shape == (width * len(chunk_values),), shape
+    return jnp.repeat(jnp.asarray(chunk_values, dtype), width)
+  return init
+
+
+class TokenAdaLN(nn.Module):
+  """SiLU -> Dense(D -> 6D) of the time embedding; each modulation is (B, 1, D)."""
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, t_emb: jax.Array) -> tuple[jax.Array, ...]:
+    width = t_emb.shape[-1]
+    proj = dense(6 * width, ("embed", "adaln"), name="proj", dtype=self.dtype, use_bias=True,
+                 kernel_init=nn.initializers.normal(0.02), bias_init=chunk_bias(width, (1, 0, 1, 1, 0, 1)))
+    mods = proj(nn.silu(t_emb))[:, None, :]
+    return tuple(jnp.split(mods, 6, axis=-1))
+
+
+class PixelwiseAdaLN(nn.Module):
+  """Per-pixel modulation from s_cond: Dense(D -> p^2 D_pix), then SiLU -> Dense(D_pix -> 6 D_pix) per pixel.
+
+  Also owns the RMSNorm(D_pix) that both modulations of a pixel block normalise with.
+  """
+  pixels_per_patch: int
+  pixel_dim: int
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    self.cond_expand = dense(self.pixels_per_patch * self.pixel_dim, ("embed", "pixel_features"),
+                             name="cond_expand", dtype=self.dtype)
+    self.param_gen = dense(6 * self.pixel_dim, ("pixel_dim", "pixel_adaln"), name="param_gen",
+                           dtype=self.dtype, use_bias=True,
+                           bias_init=chunk_bias(self.pixel_dim, (0, 0, 1, 0, 0, 1)))
+    self.norm = RMSNorm(dtype=self.dtype, name="norm")
+
+  def __call__(self, s_cond: jax.Array) -> tuple[jax.Array, ...]:
+    """s_cond (B, L, D) -> six (B, L, p^2, D_pix) modulations."""
+    batch, length, _ = s_cond.shape
+    cond = self.cond_expand(s_cond).reshape(batch, length, self.pixels_per_patch, self.pixel_dim)
+    return tuple(jnp.split(self.param_gen(nn.silu(cond)), 6, axis=-1))
+
+  def modulate(self, x: jax.Array, gamma: jax.Array, beta: jax.Array) -> jax.Array:
+    return (1 + gamma) * self.norm(x) + beta

@@ -1,0 +1,58 @@
+"""Basic layers with logical axis names: dense projections, RMSNorm, SwiGLU."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+Initializer = Callable[..., jax.Array]
+
+xavier_uniform = nn.initializers.xavier_uniform()
+
+
+def dense(features: int, axes: tuple[str | None, str | None], *, name: str, dtype: Dtype,
+          use_bias: bool = False, kernel_init: Initializer = xavier_uniform,
+          bias_init: Initializer = nn.initializers.zeros) -> nn.Dense:
+  """A float32-parameter Dense layer computing in `dtype`, its kernel annotated `(in_axis, out_axis)`."""
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+                  kernel_init=nn.with_logical_partitioning(kernel_init, axes),
+                  bias_init=nn.with_logical_partitioning(bias_init, (axes[1],)), name=name)
+
+
+class RMSNorm(nn.Module):
+  """RMSNorm over the last axis, computed in float32 (eps 1e-6, learned scale, no bias)."""
+  eps: float = 1e-6
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                       (x.shape[-1],), jnp.float32)
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + self.eps)
+    return (y * scale).astype(self.dtype)
+
+
+class SwiGLU(nn.Module):
+  """`down(silu(gate(x)) * up(x))` without biases; `axes` names the (input, hidden) dimensions."""
+  hidden_dim: int
+  axes: tuple[str, str] = ("embed", "mlp")
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    in_axis, hidden_axis = self.axes
+    gate = dense(self.hidden_dim, (in_axis, hidden_axis), name="gate_proj", dtype=self.dtype)(x)
+    up = dense(self.hidden_dim, (in_axis, hidden_axis), name="up_proj", dtype=self.dtype)(x)
+    return dense(x.shape[-1], (hidden_axis, in_axis), name="down_proj", dtype=self.dtype)(nn.silu(gate) * up)
+
+
+def compute_dtype(name: str) -> jnp.dtype:
+  """Resolves a config dtype name; `auto` is bfloat16 on GPU/TPU and float32 on CPU."""
+  if name == "auto":
+    return jnp.dtype(jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32)
+  return jnp.dtype(name)

@@ -1,0 +1,28 @@
+"""Test set-up: 8 simulated CPU devices (for sharding tests), the repository root on sys.path, fixtures."""
+
+import os
+import pathlib
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+ORIGINAL_MICRO = REPO.parent / "shared" / "fixtures" / "original_micro"
+
+
+@pytest.fixture(scope="session")
+def original_micro():
+  """The original PyTorch model's micro-config fixture (`../shared/fixtures/original_micro`), or a skip."""
+  import json
+
+  import numpy as np
+  if not (ORIGINAL_MICRO / "forward.npz").exists():
+    pytest.skip(f"fixture folder {ORIGINAL_MICRO} is absent: parity with the original cannot be checked")
+  arrays = dict(np.load(ORIGINAL_MICRO / "forward.npz"))
+  spec = json.loads((ORIGINAL_MICRO / "params.json").read_text())
+  return spec, arrays
