@@ -1,0 +1,63 @@
+"""Flow-matching math shared by training and sampling (t = 0 pure noise, t = 1 clean image).
+
+z_t = t x + (1 - t) eps, velocity v = dz/dt = x - eps; alpha_t = t, sigma_t = 1 - t.
+From a velocity estimate at (z, t): x_hat = z + (1 - t) v and eps_hat = z - t v.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+
+def _per_sample(t: jax.Array, like: jax.Array) -> jax.Array:
+  """Broadcasts t (B,) against an image batch (B, ...)."""
+  t = jnp.asarray(t, like.dtype)
+  return t.reshape(t.shape + (1,) * (like.ndim - t.ndim))
+
+
+def time_shift(t: jax.Array, shift: float) -> jax.Array:
+  """Shifted time t / (t + s (1 - t)): s > 1 spends more of [0, 1] near noise (SD3's shift for sigma = 1 - t)."""
+  return t / (t + shift * (1.0 - t))
+
+
+def resolution_shift(height: int, width: int, base: int = 256) -> float:
+  """The SD3 resolution rule s = sqrt(H W / base^2) (s = 1 at base x base)."""
+  return math.sqrt(height * width) / base
+
+
+def sample_time(rng: jax.Array, batch: int, *, p_mean: float = 0.0, p_std: float = 1.0, t_eps: float = 0.05,
+                shift: float = 1.0) -> jax.Array:
+  """Logit-normal t = sigmoid(p_mean + p_std u), optionally shifted, then mapped into [t_eps, 1 - t_eps]."""
+  t = jax.nn.sigmoid(p_mean + p_std * jax.random.normal(rng, (batch,), jnp.float32))
+  if shift != 1.0:
+    t = time_shift(t, shift)
+  return t_eps + (1.0 - 2.0 * t_eps) * t
+
+
+def interpolate(x: jax.Array, noise: jax.Array, t: jax.Array) -> jax.Array:
+  """z_t = t x + (1 - t) noise."""
+  t = _per_sample(t, x)
+  return t * x + (1.0 - t) * noise
+
+
+def velocity_target(x: jax.Array, noise: jax.Array) -> jax.Array:
+  """v = x - noise, the time derivative of z_t."""
+  return x - noise
+
+
+def clean_from_velocity(z: jax.Array, t: jax.Array, v: jax.Array) -> jax.Array:
+  """x_hat = z + (1 - t) v."""
+  return z + (1.0 - _per_sample(t, z)) * v
+
+
+def noise_from_velocity(z: jax.Array, t: jax.Array, v: jax.Array) -> jax.Array:
+  """eps_hat = z - t v."""
+  return z - _per_sample(t, z) * v
+
+
+def velocity_from_clean(z: jax.Array, t: jax.Array, x: jax.Array) -> jax.Array:
+  """v = (x - z) / (1 - t); undefined at t = 1."""
+  return (x - z) / (1.0 - _per_sample(t, z))
