@@ -68,6 +68,14 @@ def _text(preset: str) -> ml_collections.ConfigDict:
   return t
 
 
+def _train(preset: str) -> ml_collections.ConfigDict:
+  """The training run: global batch size (images per optimizer micro-step) and length in optimizer steps."""
+  t = ml_collections.ConfigDict()
+  t.batch_size = 8 if preset == "tiny" else 256
+  t.num_steps = 300 if preset == "tiny" else 500_000
+  return t
+
+
 def _mesh() -> ml_collections.ConfigDict:
   """Device mesh `data x fsdp x tensor` (one axis may be -1) and the logical-axis rules."""
   m = ml_collections.ConfigDict()
@@ -115,5 +123,6 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.seed = 0
   config.model = _model(preset)
   config.text = _text(preset)
+  config.train = _train(preset)
   config.mesh = _mesh()
   return config
