@@ -1,0 +1,1 @@
+"""Weight converters: the original PyTorch PixelHDM, Hugging Face encoders, exports."""
