@@ -1,0 +1,131 @@
+"""Qwen3 text encoder (the `Qwen3Model` backbone of any Qwen3 size) in Flax Linen.
+
+Token embedding -> N x [RMSNorm -> GQA attention (per-head q/k RMSNorm before rotate-half RoPE, causal
+plus padding mask) -> residual; RMSNorm -> SwiGLU -> residual] -> final RMSNorm (`field.md` §7.2).
+Params are float32 and named like Hugging Face's (`layers` stacked by `nn.scan`); compute runs in `dtype`.
+
+`hidden_layer` follows Hugging Face's `hidden_states[hidden_layer]`: -1 is `last_hidden_state` (after the
+final norm, the original PixelHDM's choice); -k for k >= 2 is the raw output of layer N-k+1 (Z-Image and
+Lumina use -2), and then only those layers are built. Query rows with no valid key (the empty prompt)
+give a zero attention output, as Hugging Face's default SDPA path does with torch >= 2.5.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from pixelhdm_jax.encoders.transformer import apply_rotate_half, layer_stack
+from pixelhdm_jax.models.layers import Dtype, RMSNorm, SwiGLU, dense
+
+ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen3Arch:
+  """The architecture numbers of a Qwen3 checkpoint (its `config.json`); defaults are Qwen3-0.6B."""
+  vocab_size: int = 151936
+  hidden_size: int = 1024
+  num_layers: int = 28
+  num_heads: int = 16
+  num_kv_heads: int = 8
+  head_dim: int = 128
+  intermediate_size: int = 3072
+  rms_norm_eps: float = 1e-6
+  rope_theta: float = 1_000_000.0
+
+  def layers_run(self, hidden_layer: int) -> int:
+    """How many layers produce `hidden_states[hidden_layer]` (-1: all, followed by the final norm)."""
+    if not -self.num_layers <= hidden_layer <= -1:
+      raise ValueError(f"hidden_layer={hidden_layer} must be in [-{self.num_layers}, -1] for {self.num_layers} layers")
+    return self.num_layers if hidden_layer == -1 else self.num_layers + 1 + hidden_layer
+
+
+class TextEncoding(NamedTuple):
+  hidden: jax.Array  # (B, T, D) hidden states in the compute dtype, pads included
+  mask: jax.Array  # (B, T) bool, True = valid token
+  pooled: jax.Array  # (B, D) hidden state of the last valid token (the last slot for an empty prompt)
+
+
+def rope_tables(length: int, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+  """(cos, sin) (T, head_dim) for positions 0..T-1; frequencies theta^(-2j/head_dim), halves duplicated."""
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  angles = jnp.arange(length, dtype=jnp.float32)[:, None] * inv_freq
+  angles = jnp.concatenate([angles, angles], axis=-1)
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+class Qwen3Attention(nn.Module):
+  arch: Qwen3Arch
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array], mask: jax.Array) -> jax.Array:
+    """x (B, T, D); mask (B, 1, T, T) True where a query may attend a key."""
+    a = self.arch
+    batch, length, _ = x.shape
+    q = dense(a.num_heads * a.head_dim, ("embed", "q_heads"), name="q_proj", dtype=self.dtype)(x)
+    k = dense(a.num_kv_heads * a.head_dim, ("embed", "kv_heads"), name="k_proj", dtype=self.dtype)(x)
+    v = dense(a.num_kv_heads * a.head_dim, ("embed", "kv_heads"), name="v_proj", dtype=self.dtype)(x)
+    q = RMSNorm(a.rms_norm_eps, self.dtype, name="q_norm")(q.reshape(batch, length, a.num_heads, a.head_dim))
+    k = RMSNorm(a.rms_norm_eps, self.dtype, name="k_norm")(k.reshape(batch, length, a.num_kv_heads, a.head_dim))
+    q, k = apply_rotate_half(q, *rope), apply_rotate_half(k, *rope)
+    v = v.reshape(batch, length, a.num_kv_heads, a.head_dim)
+    q = nn.with_logical_constraint(q, ("activation_batch", "activation_length", "activation_heads", "head_dim"))
+    k = nn.with_logical_constraint(k, ("activation_batch", "activation_length", "activation_kv_heads", "head_dim"))
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+    out = jnp.where(jnp.any(mask, axis=-1)[:, 0, :, None, None], out, 0)
+    out = out.reshape(batch, length, a.num_heads * a.head_dim)
+    return dense(x.shape[-1], ("q_heads", "embed"), name="o_proj", dtype=self.dtype)(out)
+
+
+class Qwen3Layer(nn.Module):
+  """One decoder layer as a scan step: x -> (x, None)."""
+  arch: Qwen3Arch
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array], mask: jax.Array):
+    a = self.arch
+    h = RMSNorm(a.rms_norm_eps, self.dtype, name="input_layernorm")(x)
+    x = x + Qwen3Attention(a, self.dtype, name="self_attn")(h, rope, mask)
+    h = RMSNorm(a.rms_norm_eps, self.dtype, name="post_attention_layernorm")(x)
+    x = x + SwiGLU(a.intermediate_size, dtype=self.dtype, name="mlp")(h)
+    return nn.with_logical_constraint(x, ACTIVATION_AXES), None
+
+
+class Qwen3Encoder(nn.Module):
+  """Token ids (B, T) and validity mask (B, T) -> `TextEncoding` (outputs carry no gradient)."""
+  arch: Qwen3Arch = Qwen3Arch()
+  hidden_layer: int = -1
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, ids: jax.Array, mask: jax.Array) -> TextEncoding:
+    a = self.arch
+    mask = mask.astype(bool)
+    length = ids.shape[1]
+    embed = nn.Embed(a.vocab_size, a.hidden_size, dtype=self.dtype, param_dtype=jnp.float32,
+                     embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
+                     name="embed_tokens")
+    x = nn.with_logical_constraint(embed(ids), ACTIVATION_AXES)
+    causal = jnp.tril(jnp.ones((length, length), bool))
+    attend = causal[None, None] & mask[:, None, None, :]
+    rope = rope_tables(length, a.head_dim, a.rope_theta)
+    layers = layer_stack(Qwen3Layer, a.layers_run(self.hidden_layer), 2, "layers", arch=a, dtype=self.dtype)
+    x, _ = layers(x, rope, attend)
+    if self.hidden_layer == -1:
+      x = RMSNorm(a.rms_norm_eps, self.dtype, name="norm")(x)
+    hidden = jax.lax.stop_gradient(x)
+    return TextEncoding(hidden, mask, last_valid_token(hidden, mask))
+
+
+def last_valid_token(hidden: jax.Array, mask: jax.Array) -> jax.Array:
+  """hidden[b, mask[b].sum() - 1]; an all-pad row takes the last slot (index -1, as the original)."""
+  index = jnp.sum(mask, axis=-1).astype(jnp.int32) - 1
+  index = jnp.where(index < 0, hidden.shape[1] - 1, index)
+  return jnp.take_along_axis(hidden, index[:, None, None], axis=1)[:, 0]

@@ -1,0 +1,59 @@
+"""The frozen REPA teacher: DINOv3 patch features of the clean training images, built from `config.dino`.
+
+`features(params, images)` is pure and jittable: the train step calls it inside its own `jax.jit` with the
+(sharded) teacher params passed as an argument. Images (B, H, W, 3) in [-1, 1], H and W multiples of the
+patch size (16), give (B, H/16 * W/16, C) tokens in raster order, the grid of the PixelHDM patch tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from pixelhdm_jax.encoders.dinov3 import DINOv3Arch, DINOv3ViT
+from pixelhdm_jax.models.layers import compute_dtype
+from pixelhdm_jax.weights.hf import resolve_checkpoint
+from pixelhdm_jax.weights.hf_dinov3 import abstract_params, load_dinov3
+
+DINOV3_FILES = "DINOv3 ViT-B/16 (a Hugging Face directory with config.json and *.safetensors, or Meta's .pth)"
+TINY_DINOV3_SEED = 1
+TINY_DINOV3 = DINOv3Arch(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=128, patch_size=16,
+                         num_register_tokens=4)
+
+
+class DinoTeacher:
+  """Frozen DINOv3 ViT + its params."""
+
+  def __init__(self, module: DINOv3ViT, params: Any):
+    self.module = module
+    self.params = params
+
+  @property
+  def feature_dim(self) -> int:
+    return self.module.arch.hidden_size
+
+  def features(self, params: Any, images: jax.Array) -> jax.Array:
+    """Pure and jittable: images (B, H, W, 3) in [-1, 1] -> normed patch tokens (B, L, C), no gradient."""
+    return self.module.apply({"params": params}, images)
+
+  def abstract_params(self) -> Any:
+    """Param shapes with their logical axes, for `parallel.param_shardings` (then `weights.hf.to_sharded`)."""
+    return abstract_params(self.module)
+
+
+def build_dino_teacher(config: ml_collections.ConfigDict) -> DinoTeacher:
+  """The teacher of `config.dino`; attention runs with the kernel named by `config.model.attention`."""
+  d = config.dino
+  dtype = compute_dtype(d.compute_dtype)
+  kernel = config.model.attention
+  if d.source == "random":
+    module = DINOv3ViT(TINY_DINOV3, kernel, dtype)
+    images = jnp.zeros((1, TINY_DINOV3.patch_size, TINY_DINOV3.patch_size, 3), jnp.float32)
+    params = jax.jit(module.init)(jax.random.PRNGKey(TINY_DINOV3_SEED), images)["params"]
+    return DinoTeacher(module, nn.unbox(params))
+  path = resolve_checkpoint(d, "dino", DINOV3_FILES)
+  return DinoTeacher(*load_dinov3(path, kernel, dtype))

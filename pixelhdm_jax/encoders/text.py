@@ -1,0 +1,97 @@
+"""The text-conditioning API of training and sampling: prompts -> (hidden, mask, pooled).
+
+`build_text_encoder(config)` returns a `TextEncoder` holding the tokenizer, the frozen Qwen3 module and its
+float32 params. `encode(params, ids, mask)` is pure and jittable: the train step calls it inside its own
+`jax.jit` with (sharded) encoder params passed as an argument. `encode_prompts` is the host convenience for
+sampling, and `null_encoding` (the empty prompt, the CFG unconditional input) is computed once.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from pixelhdm_jax.config import ConfigError
+from pixelhdm_jax.encoders.qwen3 import Qwen3Arch, Qwen3Encoder, TextEncoding
+from pixelhdm_jax.encoders.tokenizers import QWEN3_FILES, ByteTokenizer, Tokenizer, build_tokenizer
+from pixelhdm_jax.models.layers import compute_dtype
+from pixelhdm_jax.weights.hf import CheckpointError, read_config, resolve_checkpoint
+from pixelhdm_jax.weights.hf_qwen3 import ARCHITECTURES, MODEL_TYPE, abstract_params, arch_from_config, load_qwen3
+
+TINY_QWEN3_SEED = 0
+
+
+def tiny_qwen3_arch(text_dim: int) -> Qwen3Arch:
+  """The random encoder of the `tiny` preset: 2 layers, 4/2 heads of 16.
+
+  The vocabulary covers `ByteTokenizer`'s 257 ids, rounded up to 264 so that the `vocab` axis splits
+  evenly over a tensor-parallel mesh axis of up to 8 devices.
+  """
+  vocab = -(-ByteTokenizer.vocab_size // 8) * 8
+  return Qwen3Arch(vocab_size=vocab, hidden_size=text_dim, num_layers=2, num_heads=4,
+                   num_kv_heads=2, head_dim=16, intermediate_size=2 * text_dim, rope_theta=10000.0)
+
+
+class TextEncoder:
+  """Tokenizer + frozen Qwen3 encoder + its params."""
+
+  def __init__(self, tokenizer: Tokenizer, module: Qwen3Encoder, params: Any):
+    self.tokenizer = tokenizer
+    self.module = module
+    self.params = params
+    self._encode_jit = jax.jit(self.encode)
+
+  def encode(self, params: Any, ids: jax.Array, mask: jax.Array) -> TextEncoding:
+    """Pure and jittable: ids/mask (B, T) -> hidden (B, T, D), mask (B, T) bool, pooled (B, D)."""
+    return self.module.apply({"params": params}, ids, mask)
+
+  def encode_prompts(self, prompts: Sequence[str], params: Any = None) -> TextEncoding:
+    """Tokenizes on the host and encodes (jitted) with `params`, by default the encoder's own."""
+    ids, mask = self.tokenizer(prompts)
+    return self._encode_jit(self.params if params is None else params, ids, mask)
+
+  @functools.cached_property
+  def null_encoding(self) -> TextEncoding:
+    """The encoding of the empty prompt (batch of 1): all-pad ids, all-False mask, pooled = last slot."""
+    return self.encode_prompts([""])
+
+  def abstract_params(self) -> Any:
+    """Param shapes with their logical axes, for `parallel.param_shardings` (then `weights.hf.to_sharded`)."""
+    return abstract_params(self.module)
+
+
+def build_text_encoder(config: ml_collections.ConfigDict) -> TextEncoder:
+  """The encoder of `config.text`, checked against `config.model.text_dim`.
+
+  Raises `CheckpointError` for an unusable checkpoint (naming the field to set) and `ConfigError` when
+  the checkpoint does not fit the config.
+  """
+  t = config.text
+  dtype = compute_dtype(t.compute_dtype)
+  tokenizer = build_tokenizer(t)
+  if t.source == "random":
+    arch = tiny_qwen3_arch(config.model.text_dim)
+  else:
+    path = resolve_checkpoint(t, "text", QWEN3_FILES)
+    arch = arch_from_config(read_config(path, MODEL_TYPE, ARCHITECTURES))
+  if not -arch.num_layers <= t.hidden_layer <= -1:
+    raise ConfigError(f"text.hidden_layer={t.hidden_layer} is out of range for a {arch.num_layers}-layer Qwen3: "
+                      f"use -1 .. -{arch.num_layers}")
+  if arch.hidden_size != config.model.text_dim:
+    raise ConfigError(f"the text encoder is {arch.hidden_size} wide but model.text_dim={config.model.text_dim}: "
+                      f"set --config.model.text_dim={arch.hidden_size}")
+  if tokenizer.vocab_size > arch.vocab_size:
+    raise CheckpointError(f"the tokenizer has {tokenizer.vocab_size} tokens but the encoder's embedding only "
+                          f"{arch.vocab_size}: text.path must hold a matching tokenizer")
+  if t.source == "random":
+    module = Qwen3Encoder(arch, t.hidden_layer, dtype)
+    ids = jnp.zeros((1, 1), jnp.int32)
+    params = jax.jit(module.init)(jax.random.PRNGKey(TINY_QWEN3_SEED), ids, ids)["params"]
+    return TextEncoder(tokenizer, module, nn.unbox(params))
+  module, params = load_qwen3(path, t.hidden_layer, dtype)
+  return TextEncoder(tokenizer, module, params)

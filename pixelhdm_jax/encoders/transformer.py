@@ -1,0 +1,31 @@
+"""Pieces shared by the Qwen3 and DINOv3 ports: rotate-half RoPE and the scanned layer stack.
+
+Both Hugging Face models rotate the two halves of each head (`rotate_half`), unlike the interleaved pairs
+of the PixelHDM network's mRoPE (`models/rope.py`), so the encoders keep their own rotation.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def apply_rotate_half(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """`x * cos + rotate_half(x) * sin` in float32; x (B, S, heads, head_dim), cos/sin (S, head_dim)."""
+  xf = x.astype(jnp.float32)
+  first, second = jnp.split(xf, 2, axis=-1)
+  rotated = jnp.concatenate([-second, first], axis=-1)
+  cos, sin = cos[:, None, :], sin[:, None, :]
+  return (xf * cos + rotated * sin).astype(x.dtype)
+
+
+def layer_stack(layer_cls: type[nn.Module], count: int, num_broadcast: int, name: str, **attrs) -> nn.Module:
+  """`count` layers scanned over one stacked param tree (leading logical axis `layers`).
+
+  The layer maps `(x, *broadcast_args) -> (x, None)`; frozen encoders need no remat.
+  """
+  scanned = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                    in_axes=(nn.broadcast,) * num_broadcast, length=count,
+                    metadata_params={nn.PARTITION_NAME: "layers"})
+  return scanned(name=name, **attrs)
