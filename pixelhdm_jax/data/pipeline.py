@@ -1,0 +1,126 @@
+"""The Grain training loader: host-local batches of one bucket each, resumable through Orbax.
+
+Element `step` of the Grain dataset is host-local batch `step`: the shared `BatchSchedule` names the
+global batch (one bucket, `train.batch_size` indices), this process loads its slice
+`[process_index * B_local, (process_index + 1) * B_local)`, preprocesses and tokenises it. Everything is
+a pure function of (seed, step, position in the global batch), so the global batch is the same however
+many processes read it, however many workers load it, and after any resume.
+
+Batch (a dict of numpy arrays, B_local = train.batch_size // process_count):
+  images      uint8 (B_local, H, W, 3)  the bucket's (W, H); the train step maps them to [-1, 1]
+  token_ids   int32 (B_local, T)        T = tokenizer.max_length, right-padded
+  token_mask  bool  (B_local, T)        all False for a dropped (empty) caption
+  bucket_id   int32 (B_local,)          the same value on every row
+  index       int32 (B_local,)          dataset index of every row
+
+Checkpointing: the iterator is a `grain.DatasetIterator`; store it in the run's Orbax checkpoint with
+`grain.checkpoint.CheckpointHandler` (`grain.checkpoint.CheckpointSave(iterator)` to save,
+`grain.checkpoint.CheckpointRestore(iterator)` on a freshly built one to restore), or use
+`iterator.get_state()` / `set_state()`. Grain's state depends on `data.num_workers`; a resume with other
+worker or process counts rebuilds the loader with `start_step` = the number of batches already consumed.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import grain
+import numpy as np
+from absl import logging
+
+from pixelhdm_jax.data import images as image_ops
+from pixelhdm_jax.data.buckets import AspectRatioBucket, buckets_from_config
+from pixelhdm_jax.data.samplers import BatchSchedule
+from pixelhdm_jax.data.sources import ImageTextSource, build_source
+
+_AUGMENT_STREAM = 1  # keeps per-sample randomness apart from the schedule's stream
+
+
+class LoadBatch(grain.transforms.Map):
+  """Grain transform: global step -> this process's preprocessed, tokenised slice of that batch."""
+
+  def __init__(self, source: ImageTextSource, schedule: BatchSchedule, buckets: AspectRatioBucket, tokenizer, *,
+               seed: int, caption_dropout: float, random_crop: bool, random_flip: bool, process_index: int,
+               process_count: int):
+    if schedule.batch_size % process_count:
+      raise ValueError(f"train.batch_size={schedule.batch_size} is not divisible by the {process_count} "
+                       "processes: every process loads an equal slice of each global batch")
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index={process_index} is not in [0, process_count={process_count})")
+    self.source, self.schedule, self.buckets, self.tokenizer = source, schedule, buckets, tokenizer
+    self.seed, self.caption_dropout = seed, caption_dropout
+    self.random_crop, self.random_flip = random_crop, random_flip
+    self.local_batch_size = schedule.batch_size // process_count
+    self.offset = process_index * self.local_batch_size
+
+  def map(self, step: int) -> dict[str, np.ndarray]:
+    batch = self.schedule(step)
+    width, height = self.buckets[batch.bucket]
+    images = np.empty((self.local_batch_size, height, width, 3), np.uint8)
+    captions, used = [], []
+    for row in range(self.local_batch_size):
+      position = self.offset + row
+      rng = np.random.default_rng([self.seed, _AUGMENT_STREAM, batch.step, position])
+      index, image, caption = self._load(batch.indices, position, (width, height))
+      if rng.random() < self.caption_dropout:
+        caption = ""
+      flip = self.random_flip and rng.random() < 0.5
+      images[row] = image_ops.cover_crop(image, (width, height), rng if self.random_crop else None, flip)
+      captions.append(caption)
+      used.append(index)
+    token_ids, token_mask = self.tokenizer(captions)
+    return {"images": images, "token_ids": np.asarray(token_ids, np.int32),
+            "token_mask": np.asarray(token_mask, bool),
+            "bucket_id": np.full((self.local_batch_size,), batch.bucket, np.int32),
+            "index": np.asarray(used, np.int32)}
+
+  def _load(self, indices: np.ndarray, position: int, size: tuple[int, int]):
+    """Sample `position` of the global batch, or the next loadable one of the same batch (bad data)."""
+    error = None
+    for shift in range(len(indices)):
+      index = int(indices[(position + shift) % len(indices)])
+      try:
+        image, caption = self.source.example(index, size)
+        image, _ = image_ops.to_rgb(image_ops.exif_upright(image)[0])
+        return index, image, caption
+      except Exception as failure:  # noqa: BLE001  (a broken record must not stop the run)
+        logging.warning("skipping unreadable sample %d (%s: %s)", index, type(failure).__name__, failure)
+        error = failure
+    raise RuntimeError(f"no sample of a bucket-{size} batch could be loaded") from error
+
+
+def build_train_dataset(config, tokenizer, *, process_index: int = 0, process_count: int = 1, start_step: int = 0,
+                        source: ImageTextSource | None = None) -> grain.IterDataset:
+  """The Grain dataset of host-local training batches, from batch `start_step` on (endless).
+
+  Args:
+    config: the full config (`data`, `train.batch_size`, `model.patch_size`, `seed`).
+    tokenizer: prompts -> (ids, mask), e.g. `ByteTokenizer(config.text.max_length)`.
+    process_index: this process (`jax.process_index()`).
+    process_count: the number of processes (`jax.process_count()`).
+    start_step: first global batch to produce (resume without Grain state).
+    source: overrides the source named by `config.data` (tests, custom data).
+  """
+  d = config.data
+  buckets = buckets_from_config(config)
+  source = build_source(d) if source is None else source
+  schedule = BatchSchedule(source.bucket_ids(buckets), config.train.batch_size, d.sampler, config.seed, d.chunk_size)
+  logging.info("data: %d samples in %d buckets, %d batches of %d per epoch (%d samples dropped per epoch)",
+               len(source), len(buckets), schedule.batches_per_epoch, schedule.batch_size,
+               len(source) - schedule.samples_per_epoch)
+  load = LoadBatch(source, schedule, buckets, tokenizer, seed=config.seed, caption_dropout=d.caption_dropout,
+                   random_crop=d.random_crop, random_flip=d.random_flip, process_index=process_index,
+                   process_count=process_count)
+  dataset = grain.MapDataset.range(start_step, sys.maxsize).map(load)
+  dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=d.num_threads, prefetch_buffer_size=d.prefetch))
+  if d.num_workers > 0:
+    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.num_workers,
+                                                               per_worker_buffer_size=d.prefetch))
+  return dataset
+
+
+def build_train_loader(config, tokenizer, *, process_index: int = 0, process_count: int = 1, start_step: int = 0,
+                       source: ImageTextSource | None = None) -> grain.DatasetIterator:
+  """An iterator of host-local batches (see the module docstring); checkpoint it with Grain's Orbax handler."""
+  return iter(build_train_dataset(config, tokenizer, process_index=process_index, process_count=process_count,
+                                  start_step=start_step, source=source))

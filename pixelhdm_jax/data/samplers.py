@@ -1,0 +1,109 @@
+"""Batch schedules: which dataset indices form global batch `step`, one bucket per batch.
+
+The three samplers of the original (`reference/original_pytorch.md` §8.5), with two fixes: every epoch
+draws a new permutation (the original replays epoch 0 forever), and the schedule is a pure function of
+the step, so a run resumes mid-epoch exactly and every process of a multi-host run computes the same
+schedule without talking to the others (each then loads its own slice of each global batch).
+
+- `random`: shuffle each bucket, cut it into batches, shuffle the list of all batches.
+- `sequential`: buckets in ascending size, each bucket's batches in dataset (sorted path) order.
+- `buffered_shuffle`: buckets in ascending size, grouped into chunks of `chunk_size` buckets; the chunk
+  order is shuffled, buckets inside a chunk go in ascending size, indices inside a bucket are shuffled,
+  and all batches of a bucket come before the next bucket's.
+
+Incomplete batches are always dropped (the original's `drop_last`): a bucket's leftover samples differ
+from epoch to epoch wherever its indices are shuffled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from pixelhdm_jax.config import DATA_SAMPLERS
+
+_SCHEDULE_STREAM = 0  # keeps the schedule's random stream apart from the per-sample augmentation stream
+_CACHED_EPOCHS = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduledBatch:
+  """Global batch number `step`: its epoch, its bucket and its dataset indices (global batch order)."""
+  step: int
+  epoch: int
+  bucket: int
+  indices: np.ndarray
+
+
+class BatchSchedule:
+  """The run's sequence of global batches, a pure function of (seed, step).
+
+  Bucket ids are ordered by pixel count (then width), so "ascending size" is ascending id.
+  """
+
+  def __init__(self, bucket_ids: np.ndarray, batch_size: int, sampler: str, seed: int, chunk_size: int = 4):
+    if sampler not in DATA_SAMPLERS:
+      raise ValueError(f"unknown sampler {sampler!r}: choose one of {DATA_SAMPLERS}")
+    if batch_size <= 0 or chunk_size <= 0:
+      raise ValueError(f"batch_size ({batch_size}) and chunk_size ({chunk_size}) must be positive")
+    bucket_ids = np.asarray(bucket_ids)
+    self.batch_size = batch_size
+    self.sampler = sampler
+    self.seed = seed
+    self.chunk_size = chunk_size
+    present, first = np.unique(bucket_ids, return_index=True)
+    order = np.argsort(bucket_ids, kind="stable")
+    splits = np.split(order, np.cumsum(np.bincount(bucket_ids)[present])[:-1])
+    by_bucket = dict(zip(present.tolist(), splits))
+    # Buckets in order of first appearance, as the original's grouping dict.
+    self._groups = {int(b): by_bucket[b] for b in present[np.argsort(first)].tolist()}
+    self.batches_per_epoch = sum(len(idx) // batch_size for idx in self._groups.values())
+    self.samples_per_epoch = self.batches_per_epoch * batch_size
+    if self.batches_per_epoch == 0:
+      largest = max((len(i) for i in self._groups.values()), default=0)
+      raise ValueError(f"no bucket holds a full batch: the largest bucket has {largest} samples but the global "
+                       f"batch size is {batch_size}; lower train.batch_size, add data or narrow the bucket range")
+    self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state["_cache"] = {}
+    return state
+
+  def __call__(self, step: int) -> ScheduledBatch:
+    epoch, position = divmod(int(step), self.batches_per_epoch)
+    indices, buckets = self.epoch(epoch)
+    return ScheduledBatch(step=int(step), epoch=epoch, bucket=int(buckets[position]), indices=indices[position])
+
+  def epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """All batches of an epoch: indices (batches, batch_size) int64 and bucket ids (batches,) int32."""
+    if epoch not in self._cache:
+      if len(self._cache) >= _CACHED_EPOCHS:
+        self._cache.pop(min(self._cache))
+      self._cache[epoch] = self._plan(epoch)
+    return self._cache[epoch]
+
+  def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng([self.seed, _SCHEDULE_STREAM, epoch])
+    batches: list[tuple[int, np.ndarray]] = []
+    if self.sampler == "random":
+      for bucket, indices in self._groups.items():
+        batches += self._cut(bucket, rng.permutation(indices))
+      batches = [batches[i] for i in rng.permutation(len(batches))]
+    elif self.sampler == "sequential":
+      for bucket in sorted(self._groups):
+        batches += self._cut(bucket, self._groups[bucket])
+    else:
+      ascending = sorted(self._groups)
+      chunks = [ascending[i:i + self.chunk_size] for i in range(0, len(ascending), self.chunk_size)]
+      for chunk in rng.permutation(len(chunks)):
+        for bucket in chunks[chunk]:
+          batches += self._cut(bucket, rng.permutation(self._groups[bucket]))
+    indices = np.stack([idx for _, idx in batches]).astype(np.int64)
+    return indices, np.asarray([b for b, _ in batches], np.int32)
+
+  def _cut(self, bucket: int, indices: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    full = len(indices) // self.batch_size
+    rows = indices[:full * self.batch_size].reshape(full, self.batch_size)
+    return [(bucket, row) for row in rows]

@@ -1,0 +1,166 @@
+"""Captioned-image sources behind one interface: a prepared folder, any TFDS dataset, synthetic shapes.
+
+A source is random access and knows each record's bucket without decoding it:
+
+  len(source)                  number of records
+  source.bucket_ids(buckets)   int32 bucket id of every record
+  source.example(i, size)      (PIL image, caption) of record i; `size` = (width, height) of its bucket,
+                               a hint that lets a JPEG decode at a reduced scale
+
+Sources are pickled into Grain's worker processes, so they open files lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Protocol
+
+import numpy as np
+import tensorflow_datasets as tfds
+import tqdm
+from absl import logging
+from PIL import Image
+
+from pixelhdm_jax.data import images as image_ops
+from pixelhdm_jax.data import prepare
+from pixelhdm_jax.data.buckets import AspectRatioBucket
+from pixelhdm_jax.data.synthetic import SyntheticSource
+
+
+class ImageTextSource(Protocol):
+
+  def __len__(self) -> int:
+    ...
+
+  def bucket_ids(self, buckets: AspectRatioBucket) -> np.ndarray:
+    ...
+
+  def example(self, index: int, size: tuple[int, int]) -> tuple[Image.Image, str]:
+    ...
+
+
+def as_text(value) -> str:
+  """A caption feature (str, UTF-8 bytes, or a list/array of them: the first) as text."""
+  if isinstance(value, (list, tuple, np.ndarray)) and not isinstance(value, (str, bytes)):
+    value = value[0] if len(value) else ""
+  if isinstance(value, bytes):
+    return value.decode("utf-8", errors="replace").strip()
+  return str(value).strip()
+
+
+class _LazyDataSource:
+  """Opens a TFDS data source on first use, in whichever process uses it."""
+
+  def __init__(self):
+    self._source = None
+
+  def __getstate__(self):
+    return {**self.__dict__, "_source": None}
+
+  def _open(self):
+    raise NotImplementedError
+
+  @property
+  def data_source(self):
+    if self._source is None:
+      self._source = self._open()
+    return self._source
+
+  def __len__(self) -> int:
+    return len(self.data_source)
+
+
+class FolderSource(_LazyDataSource):
+  """The output of `launch/prepare_data.py`: TFDS ArrayRecord records plus the bucket index."""
+
+  def __init__(self, path: str | pathlib.Path, split: str = "train", jpeg_draft: bool = True):
+    super().__init__()
+    self.path = pathlib.Path(path)
+    self.split = split
+    self.jpeg_draft = jpeg_draft
+    if not prepare.index_path(self.path, split).is_file() or not prepare.dataset_dir(self.path).is_dir():
+      raise FileNotFoundError(f"{self.path} holds no prepared split {split!r}: run "
+                              f"`python launch/prepare_data.py --images=DIR --output={self.path}` first "
+                              f"(and check report.json there for the {split} split size)")
+
+  def _open(self):
+    builder = tfds.builder_from_directory(str(prepare.dataset_dir(self.path)))
+    return builder.as_data_source(self.split, decoders={"image": tfds.decode.SkipDecoding()})
+
+  def bucket_ids(self, buckets: AspectRatioBucket) -> np.ndarray:
+    with np.load(prepare.index_path(self.path, self.split)) as index:
+      if json.loads(str(index["spec"])) == buckets.spec():
+        return index["bucket_id"].astype(np.int32)
+      logging.info("bucket settings differ from the prepared index: reassigning %d images", len(index["width"]))
+      return buckets.assign(index["width"], index["height"])
+
+  def example(self, index: int, size: tuple[int, int]) -> tuple[Image.Image, str]:
+    record = self.data_source[int(index)]
+    image = image_ops.open_image(record["image"], size if self.jpeg_draft else None)
+    return image, as_text(record["caption"])
+
+
+class TfdsSource(_LazyDataSource):
+  """Any TFDS dataset stored in ArrayRecord format, with an image feature and a text feature.
+
+  Image sizes come from the feature's static shape, or else from each image's header (read once at
+  start-up, without decoding pixels).
+  """
+
+  def __init__(self, name: str, data_dir: str | None = None, split: str = "train", image_feature: str = "image",
+               caption_feature: str = "caption", jpeg_draft: bool = True):
+    super().__init__()
+    self.name, self.data_dir, self.split = name, data_dir or None, split
+    self.image_feature, self.caption_feature = image_feature, caption_feature
+    self.jpeg_draft = jpeg_draft
+    features = self._builder().info.features
+    for feature in (image_feature, caption_feature):
+      if feature not in features:
+        raise KeyError(f"TFDS dataset {name!r} has no feature {feature!r} (it has {sorted(features)}): set "
+                       "data.image_feature / data.caption_feature")
+    self._encoded = isinstance(features[image_feature], tfds.features.Image)
+    self._shape = tuple(features[image_feature].shape) if self._encoded else (None,)
+
+  def _builder(self):
+    return tfds.builder(self.name, data_dir=self.data_dir)
+
+  def _open(self):
+    decoders = {self.image_feature: tfds.decode.SkipDecoding()} if self._encoded else None
+    return self._builder().as_data_source(self.split, decoders=decoders)
+
+  def bucket_ids(self, buckets: AspectRatioBucket) -> np.ndarray:
+    if len(self._shape) == 3 and None not in self._shape[:2]:
+      height, width = self._shape[:2]
+      return buckets.assign(np.full(len(self), width), np.full(len(self), height))
+    sizes = np.zeros((len(self), 2), np.int64)
+    for i in tqdm.trange(len(self), desc=f"reading image sizes of {self.name}", unit="img"):
+      try:
+        sizes[i] = self._image(self.data_source[i][self.image_feature], None).size
+      except Exception:  # noqa: BLE001  (a broken record gets bucket 0; loading it later substitutes another)
+        sizes[i] = 0
+    return buckets.assign(sizes[:, 0], sizes[:, 1])
+
+  def _image(self, value, size: tuple[int, int] | None) -> Image.Image:
+    if isinstance(value, bytes):
+      return image_ops.open_image(value, size if self.jpeg_draft else None)
+    return Image.fromarray(np.asarray(value))
+
+  def example(self, index: int, size: tuple[int, int]) -> tuple[Image.Image, str]:
+    record = self.data_source[int(index)]
+    return self._image(record[self.image_feature], size), as_text(record[self.caption_feature])
+
+
+def build_source(data_config) -> ImageTextSource:
+  """The source named by `config.data.source` (folder | tfds | synthetic)."""
+  d = data_config
+  if d.source == "synthetic":
+    return SyntheticSource(d.synthetic_size)
+  if d.source == "folder":
+    if not d.path:
+      raise ValueError("data.source='folder' needs data.path: the --output folder of launch/prepare_data.py "
+                       "(or train on data.source=synthetic)")
+    return FolderSource(d.path, d.split, d.jpeg_draft)
+  if d.source == "tfds":
+    return TfdsSource(d.tfds_name, d.path, d.split, d.image_feature, d.caption_feature, d.jpeg_draft)
+  raise ValueError(f"unknown data.source {d.source!r}")
