@@ -1,0 +1,1 @@
+"""Optimization: ZClip gradient clipping, learning-rate schedules, the AdamW chain and the weight EMA."""
