@@ -1,0 +1,193 @@
+"""Flow-matching ODE solvers from noise (t = 0) to the clean image (t = 1).
+
+A solver sees only `velocity_fn(z, t) -> v` (t a 0-d array; guidance lives inside `velocity_fn`) and a
+time grid t_0 < ... < t_N = 1 (`time_grid`). Each loop is one `lax.scan`, so `sample` is jit-able for a
+static (sampler, num_steps) and never syncs with the host. Update rules follow
+`reference/field.md` §8 with alpha_t = t, sigma_t = 1 - t, lambda_t = log(t / (1 - t)). Every solver
+lands on t = 1 with the clean estimate; none evaluates the network at t = 1.
+
+Network evaluations (NFE) for N steps, doubled by classifier-free guidance:
+  euler     N        first order.
+  heun      2N - 1   second order; Euler on the last step (it lands on t = 1, where Euler gives x_hat).
+  dpmpp_2m  N        second order; DPM-Solver++(2M), first order on the first and the last step. The grid
+                     reaches lambda = -inf and +inf, where lambda-steps stay O(1), so the error is
+                     O(log N / N^2): slope ~1.4 at 16-128 steps on the Gaussian test flow.
+  dpmpp_2s  2N - 2   second order; DPM-Solver++(2S), midpoint in lambda; first order on the first step
+                     (lambda(0) = -inf) and on the last (lambda(1) = +inf); 1 NFE when N = 1.
+  ab2       N        second order; Adams-Bashforth 2 on v (variable-step form), Euler first.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from pixelhdm_jax import flow
+
+VelocityFn = Callable[[jax.Array, jax.Array], jax.Array]
+Solver = Callable[[VelocityFn, jax.Array, jax.Array], jax.Array]
+
+
+def time_grid(num_steps: int, *, t_start: float | jax.Array = 0.0, shift: float = 1.0,
+              dtype: jnp.dtype = jnp.float32) -> jax.Array:
+  """num_steps + 1 times from t_start to exactly 1, uniform before `flow.time_shift(., shift)`.
+
+  The unshifted grid starts at the pre-image of t_start, so an image-to-image grid is the tail of the
+  text-to-image density of steps (shift > 1 spends more steps near noise).
+  """
+  if num_steps < 1:
+    raise ValueError(f"num_steps must be a positive integer, got {num_steps}")
+  if isinstance(t_start, (int, float)) and not 0.0 <= t_start < 1.0:
+    raise ValueError(f"t_start must be in [0, 1) (0 = pure noise), got {t_start}")
+  t_start = jnp.asarray(t_start, dtype)
+  u = jnp.linspace(flow.time_shift(t_start, 1.0 / shift), 1.0, num_steps + 1, dtype=dtype)
+  return flow.time_shift(u, shift).at[0].set(t_start).at[-1].set(1.0)
+
+
+def _velocity(velocity_fn: VelocityFn, z: jax.Array, t: jax.Array) -> jax.Array:
+  return velocity_fn(z, t).astype(z.dtype)
+
+
+def _clean(velocity_fn: VelocityFn, z: jax.Array, t: jax.Array) -> jax.Array:
+  """x_hat = z + (1 - t) v: every first-order step that lands on t = 1."""
+  return flow.clean_from_velocity(z, t, _velocity(velocity_fn, z, t))
+
+
+def _dpm_first_order(z: jax.Array, t: jax.Array, t_next: jax.Array, x_hat: jax.Array) -> jax.Array:
+  """DPM-Solver++(1): (sigma'/sigma) z + alpha' (1 - e^-h) x_hat, written to stay finite at t = 0."""
+  ratio = (1.0 - t_next) / (1.0 - t)
+  return ratio * z + (t_next - t * ratio) * x_hat
+
+
+def _log_snr(t: jax.Array) -> jax.Array:
+  """lambda_t = log(alpha_t / sigma_t) = log(t / (1 - t)); -inf at t = 0, +inf at t = 1."""
+  return jnp.log(t) - jnp.log1p(-t)
+
+
+def euler(velocity_fn: VelocityFn, z: jax.Array, ts: jax.Array) -> jax.Array:
+  """z' = z + h v (N NFE)."""
+  def step(z, times):
+    t, t_next = times
+    return z + (t_next - t) * _velocity(velocity_fn, z, t), None
+
+  z, _ = jax.lax.scan(step, z, (ts[:-1], ts[1:]))
+  return z
+
+
+def heun(velocity_fn: VelocityFn, z: jax.Array, ts: jax.Array) -> jax.Array:
+  """Heun's trapezoid on every step but the last, which is Euler onto t = 1 (2N - 1 NFE)."""
+  def step(z, times):
+    t, t_next = times
+    h = t_next - t
+    v = _velocity(velocity_fn, z, t)
+    v_next = _velocity(velocity_fn, z + h * v, t_next)
+    return z + 0.5 * h * (v + v_next), None
+
+  z, _ = jax.lax.scan(step, z, (ts[:-2], ts[1:-1]))
+  return _clean(velocity_fn, z, ts[-2])
+
+
+def dpmpp_2m(velocity_fn: VelocityFn, z: jax.Array, ts: jax.Array) -> jax.Array:
+  """DPM-Solver++(2M): D = x_hat + (h / 2 h_prev)(x_hat - x_hat_prev) in the first-order update (N NFE)."""
+  if ts.shape[0] == 2:
+    return _clean(velocity_fn, z, ts[0])
+  x_hat = _clean(velocity_fn, z, ts[0])
+  z = _dpm_first_order(z, ts[0], ts[1], x_hat)
+  lam = _log_snr(ts[:-1])
+
+  def step(carry, times):
+    z, x_prev = carry
+    t, t_next, lam_prev, lam_t, lam_next = times
+    x_hat = _clean(velocity_fn, z, t)
+    # h_prev is +inf after a start at t = 0 (lambda = -inf): the correction vanishes there.
+    d = x_hat + (lam_next - lam_t) / (2.0 * (lam_t - lam_prev)) * (x_hat - x_prev)
+    return (_dpm_first_order(z, t, t_next, d), x_hat), None
+
+  (z, _), _ = jax.lax.scan(step, (z, x_hat), (ts[1:-2], ts[2:-1], lam[:-2], lam[1:-1], lam[2:]))
+  return _clean(velocity_fn, z, ts[-2])
+
+
+def dpmpp_2s(velocity_fn: VelocityFn, z: jax.Array, ts: jax.Array) -> jax.Array:
+  """DPM-Solver++(2S): x_hat at the lambda-midpoint drives the first-order update (2N - 2 NFE)."""
+  if ts.shape[0] == 2:
+    return _clean(velocity_fn, z, ts[0])
+  z = _dpm_first_order(z, ts[0], ts[1], _clean(velocity_fn, z, ts[0]))
+
+  def step(z, times):
+    t, t_next = times
+    t_mid = 1.0 / (1.0 + jnp.sqrt((1.0 - t) * (1.0 - t_next) / (t * t_next)))
+    u = _dpm_first_order(z, t, t_mid, _clean(velocity_fn, z, t))
+    return _dpm_first_order(z, t, t_next, _clean(velocity_fn, u, t_mid)), None
+
+  z, _ = jax.lax.scan(step, z, (ts[1:-2], ts[2:-1]))
+  return _clean(velocity_fn, z, ts[-2])
+
+
+def ab2(velocity_fn: VelocityFn, z: jax.Array, ts: jax.Array) -> jax.Array:
+  """Adams-Bashforth 2: z' = z + h ((1 + c) v - c v_prev), c = h / (2 h_prev); Euler first (N NFE).
+
+  On a uniform grid c = 1/2 (PixelDiT's 1.5 v - 0.5 v_prev); the variable-step c keeps order 2 on
+  shifted grids.
+  """
+  v = _velocity(velocity_fn, z, ts[0])
+  z = z + (ts[1] - ts[0]) * v
+
+  def step(carry, times):
+    z, v_prev = carry
+    t_prev, t, t_next = times
+    h = t_next - t
+    c = h / (2.0 * (t - t_prev))
+    v = _velocity(velocity_fn, z, t)
+    return (z + h * ((1.0 + c) * v - c * v_prev), v), None
+
+  (z, _), _ = jax.lax.scan(step, (z, v), (ts[:-2], ts[1:-1], ts[2:]))
+  return z
+
+
+SAMPLERS: dict[str, Solver] = {
+    "euler": euler,
+    "heun": heun,
+    "dpmpp_2m": dpmpp_2m,
+    "dpmpp_2s": dpmpp_2s,
+    "ab2": ab2,
+}
+
+
+def get_sampler(name: str) -> Solver:
+  """The solver registered under `name`."""
+  if name not in SAMPLERS:
+    raise ValueError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
+  return SAMPLERS[name]
+
+
+def num_evaluations(name: str, num_steps: int) -> int:
+  """Velocity evaluations of one sample (each is two network passes under classifier-free guidance)."""
+  get_sampler(name)
+  if name == "heun":
+    return 2 * num_steps - 1
+  if name == "dpmpp_2s":
+    return max(1, 2 * num_steps - 2)
+  return num_steps
+
+
+def shift_for(sample_config: ml_collections.ConfigDict, height: int, width: int) -> float:
+  """The time-grid shift of `config.sample` for an image size (SD3 resolution rule or a fixed value)."""
+  if sample_config.time_shift_mode == "resolution":
+    return flow.resolution_shift(height, width)
+  return sample_config.time_shift
+
+
+def sample(velocity_fn: VelocityFn, z: jax.Array, *, sampler: str = "heun", num_steps: int = 50,
+           t_start: float | jax.Array = 0.0, shift: float = 1.0) -> jax.Array:
+  """Integrates dz/dt = velocity_fn(z, t) from z at t_start (noise at 0) to t = 1; returns the clean image.
+
+  `sampler` and `num_steps` are static under jit. The state and time grid are at least float32 (the
+  model may compute in bfloat16 inside `velocity_fn`).
+  """
+  solver = get_sampler(sampler)
+  dtype = jnp.promote_types(z.dtype, jnp.float32)
+  ts = time_grid(num_steps, t_start=t_start, shift=shift, dtype=dtype)
+  return solver(velocity_fn, z.astype(dtype), ts)

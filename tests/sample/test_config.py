@@ -1,0 +1,36 @@
+"""The `config.sample` section: defaults, validation messages and agreement with the registries."""
+
+import pytest
+
+from configs import base
+from pixelhdm_jax import config as config_lib
+from pixelhdm_jax.sample import guidance, solvers
+
+
+def test_defaults_and_registries():
+  config = config_lib.validate(base.get_config("tiny"))
+  assert (config.sample.sampler, config.sample.num_steps, config.sample.guidance_scale) == ("heun", 50, 4.0)
+  assert config_lib.SAMPLERS == tuple(solvers.SAMPLERS)
+  assert config_lib.GUIDANCE_SCHEDULES == tuple(guidance.SCHEDULES)
+  assert guidance.Guidance.from_config(config.sample) == guidance.Guidance(scale=4.0)
+  assert solvers.shift_for(config.sample, 512, 512) == 2.0
+  config.sample.update(time_shift_mode="fixed", time_shift=3.0)
+  assert solvers.shift_for(config.sample, 512, 512) == 3.0
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("sampler", "dpm_pp", "sample.sampler='dpm_pp' is unknown"),
+    ("num_steps", 0, "sample.num_steps must be a positive integer"),
+    ("time_shift_mode", "dynamic", "sample.time_shift_mode='dynamic' is unknown"),
+    ("time_shift", 0.0, "sample.time_shift must be positive"),
+    ("guidance_scale", -1.0, "sample.guidance_scale=-1.0"),
+    ("guidance_rescale", 1.5, r"sample.guidance_rescale=1.5 must be in \[0, 1\]"),
+    ("guidance_interval", (0.6, 0.2), r"sample.guidance_interval=\(0.6, 0.2\) must be"),
+    ("guidance_interval", (0.0, 1.5), r"0 <= lo < hi <= 1"),
+    ("guidance_schedule", "exp", "sample.guidance_schedule='exp' is unknown"),
+])
+def test_rejects_bad_settings(field, value, message):
+  config = base.get_config("tiny")
+  config.sample[field] = value
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.validate(config)
