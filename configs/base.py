@@ -65,15 +65,140 @@ def _text(preset: str) -> ml_collections.ConfigDict:
   """Text conditioning: prompts are padded (right) to `max_length` tokens and always masked."""
   t = ml_collections.ConfigDict()
   t.max_length = 32 if preset == "tiny" else 256
+  # random: a tiny Qwen3 (width model.text_dim) from a fixed seed with the byte tokenizer, no download;
+  # pretrained: a local Hugging Face Qwen3 directory (config.json, *.safetensors, tokenizer files) in `path`.
+  t.source = "random" if preset == "tiny" else "pretrained"
+  t.path = ""
+  t.hub_id = "Qwen/Qwen3-0.6B"  # fetched only when `path` is empty and `allow_download` is True
+  t.allow_download = False
+  t.hidden_layer = -1  # HF hidden_states index: -1 = last_hidden_state (after the final norm), -2 = Z-Image's
+  t.compute_dtype = "auto"
   return t
+
+
+def _dino(preset: str) -> ml_collections.ConfigDict:
+  """The frozen DINOv3 ViT whose patch tokens are the iREPA targets (ViT-B/16 unless `tiny`)."""
+  d = ml_collections.ConfigDict()
+  # random: a tiny DINOv3 (32 wide, 2 layers, patch 16) from a fixed seed; pretrained: `path` is a local
+  # Hugging Face directory (config.json + *.safetensors) or Meta's official .pth file.
+  d.source = "random" if preset == "tiny" else "pretrained"
+  d.path = ""
+  d.hub_id = "facebook/dinov3-vitb16-pretrain-lvd1689m"  # gated on the hub; fetched only if allow_download
+  d.allow_download = False
+  d.compute_dtype = "auto"
+  return d
+
+
+def _flow() -> ml_collections.ConfigDict:
+  """Training-time flow matching (t = 0 noise, t = 1 clean): logit-normal t in [t_eps, 1 - t_eps]."""
+  f = ml_collections.ConfigDict()
+  f.p_mean = 0.0
+  f.p_std = 1.0
+  f.t_eps = 0.05
+  f.time_shift = 1.0  # s > 1 samples more noisy t: t / (t + s (1 - t)); 1 = off (the original)
+  return f
 
 
 def _train(preset: str) -> ml_collections.ConfigDict:
-  """The training run: global batch size (images per optimizer micro-step) and length in optimizer steps."""
+  """The training run; every count is in optimizer steps (`optim.grad_accum_steps` micro-steps each)."""
   t = ml_collections.ConfigDict()
-  t.batch_size = 8 if preset == "tiny" else 256
+  t.batch_size = 8 if preset == "tiny" else 256  # global images per micro-step
   t.num_steps = 300 if preset == "tiny" else 500_000
+  t.log_every = 10 if preset == "tiny" else 50  # console / TensorBoard / metrics.jsonl
+  t.checkpoint_every = 100 if preset == "tiny" else 2_000
+  t.keep_checkpoints = 3
+  t.sample_every = 0 if preset == "tiny" else 5_000  # grids of `sample_prompts` (none if empty); 0 = at the end only
+  t.sample_prompts = ("a red circle on a blue background", "a yellow square on a green background") \
+      if preset == "tiny" else ("a photo of a cat", "a watercolor painting of a lighthouse at dusk")
+  t.sample_size = 64 if preset == "tiny" else 512  # square sample grids, pixels per side
+  t.max_nonfinite_steps = 20  # consecutive skipped (non-finite) steps before training stops
   return t
+
+
+def _data(preset: str) -> ml_collections.ConfigDict:
+  """Training data (`pixelhdm_jax/data`, docs/data.md): source, aspect-ratio buckets, sampler, Grain."""
+  d = ml_collections.ConfigDict()
+  d.source = "synthetic" if preset == "tiny" else "folder"  # folder | tfds | synthetic
+  d.path = ""  # folder: the --output of launch/prepare_data.py; tfds: the TFDS data_dir ("" = TFDS default)
+  d.tfds_name = ""  # tfds: dataset name, e.g. "my_dataset" or "my_dataset/config:1.0.0"
+  d.split = "train"  # folder and tfds: the split to train on
+  d.image_feature = "image"  # tfds: name of the image feature
+  d.caption_feature = "caption"  # tfds: name of the text feature
+  d.synthetic_size = 4096  # synthetic: number of generated samples
+  # Buckets as the original (step 4 x model.patch_size); the original's effective YAML is 256..512.
+  d.min_resolution = 32 if preset == "tiny" else 256
+  d.max_resolution = 64 if preset == "tiny" else 512
+  d.max_aspect_ratio = 2.0
+  d.sampler = "buffered_shuffle"  # random | sequential | buffered_shuffle (reshuffled every epoch)
+  d.chunk_size = 4  # buffered_shuffle: buckets per shuffled chunk
+  d.random_crop = False  # False = centre crop after the cover resize
+  d.random_flip = False  # horizontal flip with p = 0.5
+  d.caption_dropout = 0.1  # probability of the empty prompt (classifier-free guidance)
+  d.jpeg_draft = True  # decode JPEGs at a reduced DCT scale when still >= the bucket (much faster)
+  d.num_workers = 0 if preset == "tiny" else 8  # Grain worker processes per host (0 = in the main process)
+  d.num_threads = 2  # reading threads per worker (PIL releases the GIL while decoding)
+  d.prefetch = 2  # batches buffered per worker
+  return d
+
+
+def _sample() -> ml_collections.ConfigDict:
+  """Sampling: ODE solver, time grid and classifier-free guidance (`pixelhdm_jax/sample`; t = 0 is noise)."""
+  s = ml_collections.ConfigDict()
+  s.sampler = "heun"  # euler | heun | dpmpp_2m | dpmpp_2s | ab2 (NFE of each: pixelhdm_jax/sample/solvers.py)
+  s.num_steps = 50
+  s.time_shift_mode = "resolution"  # resolution: s = sqrt(H W) / 256 (SD3); fixed: s = time_shift
+  s.time_shift = 1.0  # s > 1 spends more steps near noise
+  s.guidance_scale = 4.0  # w; 1 = no guidance (the unconditional pass is skipped)
+  s.guidance_rescale = 0.0  # phi of rescaled CFG on v; 0 = off, 0.7 in Lin et al.
+  s.guidance_interval = (0.0, 1.0)  # guide for t in [lo, hi) only, the conditional velocity elsewhere
+  s.guidance_schedule = "constant"  # constant | linear | cosine | quadratic: w from guidance_scale at t = 0 ...
+  s.guidance_min_scale = 1.0  # ... to guidance_min_scale at t = 1
+  return s
+
+
+def _loss() -> ml_collections.ConfigDict:
+  """Loss weights (`pixelhdm_jax/losses.py`): V-MSE + freq + iREPA + gamma-L2, as the original's defaults."""
+  loss = ml_collections.ConfigDict()
+  loss.freq_lambda = 1.0  # JPEG-weighted 8x8 DCT loss on the velocity; 0 = off
+  loss.freq_quality = 90  # JPEG quality of the weight tables
+  loss.freq_ycbcr = True  # BT.601 YCbCr (luma/chroma tables) instead of RGB (luma table on every channel)
+  loss.freq_transform = "dct2"  # dct2 | original (the original's D X D block transform, for parity checks only)
+  loss.repa_lambda = 0.5  # iREPA weight; 0 = REPA off (no teacher, no projector use)
+  loss.repa_early_stop = 250_000  # optimizer step from which REPA is off
+  loss.gamma_l2_lambda = 1e-4  # penalty on the pixel blocks' AdaLN gammas
+  return loss
+
+
+def _optim(preset: str) -> ml_collections.ConfigDict:
+  """ZClip -> AdamW with a schedule, gradient accumulation and weight EMA (`pixelhdm_jax/optim`).
+
+  Steps are optimizer steps; `train.batch_size` images per micro-step, `grad_accum_steps` micro-steps per step.
+  """
+  o = ml_collections.ConfigDict()
+  o.learning_rate = 1e-3 if preset == "tiny" else 1e-4  # peak lr
+  o.schedule = "constant"  # constant | cosine | stepped_cosine_restart, each after a linear warm-up
+  o.warmup_steps = 10 if preset == "tiny" else 1000
+  o.min_lr = 1e-5  # cosine: the final lr (at train.num_steps); stepped_cosine_restart: the global floor
+  o.restart_cycle_steps = 10_000  # stepped_cosine_restart: steps per cycle (the original: one epoch)
+  o.restart_cycle_min_lr = 5e-5  # stepped_cosine_restart: trough of the first cycle
+  o.restart_decay_rate = 0.9  # stepped_cosine_restart: peak and trough scale per cycle
+  o.b1 = 0.9
+  o.b2 = 0.999
+  o.eps = 1e-8
+  o.weight_decay = 0.01  # on kernels only: no decay on norms, biases, scalar gains
+  o.max_grad_norm = ml_collections.config_dict.placeholder(float)  # hard cap after ZClip; None = no cap
+  o.grad_accum_steps = 1  # micro-steps per optimizer step (optax.MultiSteps; ZClip sees their mean gradient)
+  o.ema_decay = 0.99 if preset == "tiny" else 0.999
+  o.zclip = ml_collections.ConfigDict()
+  o.zclip.variant = "zclip"  # zclip (published) | pixelhdm (the original's variant) | off (max_grad_norm only)
+  o.zclip.alpha = 0.97  # EMA decay of the norm statistics (the original's variant used 0.99)
+  o.zclip.z_threshold = 2.5
+  o.zclip.warmup_steps = 25  # zclip: norms collected before clipping starts
+  o.zclip.mode = "zscore"  # zclip: zscore | percentile
+  o.zclip.clip_option = "adaptive_scaling"  # zclip, zscore mode: adaptive_scaling | mean
+  o.zclip.clip_factor = 1.0  # zclip, adaptive_scaling: 0.5-0.9 clips harder
+  o.zclip.skip_update_on_spike = False  # zclip: keep the statistics unchanged on spikes
+  return o
 
 
 def _mesh() -> ml_collections.ConfigDict:
@@ -108,6 +233,9 @@ def _mesh() -> ml_collections.ConfigDict:
       ("pixel_dim", None),
       ("pixel_adaln", None),
       ("pixel_mlp", None),
+      ("conv_height", None),
+      ("conv_width", None),
+      ("teacher_embed", "tensor"),
   )
   return m
 
@@ -123,6 +251,12 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.seed = 0
   config.model = _model(preset)
   config.text = _text(preset)
+  config.dino = _dino(preset)
+  config.flow = _flow()
   config.train = _train(preset)
+  config.data = _data(preset)
+  config.loss = _loss()
+  config.optim = _optim(preset)
+  config.sample = _sample()
   config.mesh = _mesh()
   return config

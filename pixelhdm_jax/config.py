@@ -9,8 +9,22 @@ from __future__ import annotations
 import ml_collections
 
 ATTENTION_KERNELS = ("auto", "xla", "cudnn", "pallas_gpu", "splash")
+# Backends (`jax.default_backend()`) each kernel runs on; Pallas kernels also run interpreted on CPU in tests.
+KERNEL_BACKENDS = {"auto": ("cpu", "gpu", "tpu"), "xla": ("cpu", "gpu", "tpu"), "cudnn": ("gpu",),
+                   "pallas_gpu": ("gpu",), "splash": ("tpu",)}
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attention")
 COMPUTE_DTYPES = ("auto", "bfloat16", "float32")
+SAMPLERS = ("euler", "heun", "dpmpp_2m", "dpmpp_2s", "ab2")  # pixelhdm_jax/sample/solvers.py SAMPLERS
+GUIDANCE_SCHEDULES = ("constant", "linear", "cosine", "quadratic")  # pixelhdm_jax/sample/guidance.py
+TIME_SHIFT_MODES = ("resolution", "fixed")
+FREQ_TRANSFORMS = ("dct2", "original")  # pixelhdm_jax/losses.py block_dct
+LR_SCHEDULES = ("constant", "cosine", "stepped_cosine_restart")  # pixelhdm_jax/optim/schedules.py
+ZCLIP_VARIANTS = ("zclip", "pixelhdm", "off")  # pixelhdm_jax/optim/optimizer.py clipping
+ZCLIP_MODES = ("zscore", "percentile")
+ZCLIP_CLIP_OPTIONS = ("adaptive_scaling", "mean")
+DATA_SOURCES = ("folder", "tfds", "synthetic")  # pixelhdm_jax/data/sources.py build_source
+DATA_SAMPLERS = ("random", "sequential", "buffered_shuffle")  # pixelhdm_jax/data/samplers.py
+ENCODER_SOURCES = ("random", "pretrained")  # pixelhdm_jax/encoders/text.py, teacher.py
 
 
 class ConfigError(ValueError):
@@ -75,8 +89,171 @@ def _check_mesh(config: ml_collections.ConfigDict) -> None:
     _require(needed in names, f"mesh.logical_axis_rules has no rule for the logical axis {needed!r}")
 
 
+def _check_sample(config: ml_collections.ConfigDict) -> None:
+  s = config.sample
+  _require(s.sampler in SAMPLERS, f"sample.sampler={s.sampler!r} is unknown: choose one of {SAMPLERS}")
+  _positive_ints(s, "sample", ("num_steps",))
+  _require(s.time_shift_mode in TIME_SHIFT_MODES,
+           f"sample.time_shift_mode={s.time_shift_mode!r} is unknown: choose one of {TIME_SHIFT_MODES}")
+  _require(s.time_shift > 0, f"sample.time_shift must be positive (1 = no shift), got {s.time_shift}")
+  _require(s.guidance_scale >= 0 and s.guidance_min_scale >= 0,
+           f"sample.guidance_scale={s.guidance_scale} and sample.guidance_min_scale={s.guidance_min_scale} "
+           "must be >= 0 (1 = no guidance, 0 = unconditional)")
+  _require(0 <= s.guidance_rescale <= 1,
+           f"sample.guidance_rescale={s.guidance_rescale} must be in [0, 1] (0 = off, 0.7 is typical)")
+  interval = tuple(s.guidance_interval)
+  _require(len(interval) == 2 and 0 <= interval[0] < interval[1] <= 1,
+           f"sample.guidance_interval={interval} must be (lo, hi) with 0 <= lo < hi <= 1, e.g. (0.1, 1.0)")
+  _require(s.guidance_schedule in GUIDANCE_SCHEDULES,
+           f"sample.guidance_schedule={s.guidance_schedule!r} is unknown: choose one of {GUIDANCE_SCHEDULES}")
+
+
+def _non_negative(section: ml_collections.ConfigDict, prefix: str, names: tuple[str, ...]) -> None:
+  for name in names:
+    value = section[name]
+    _require(isinstance(value, (int, float)) and value >= 0, f"{prefix}.{name} must be >= 0, got {value!r}")
+
+
+def _check_loss(config: ml_collections.ConfigDict) -> None:
+  loss = config.loss
+  _non_negative(loss, "loss", ("freq_lambda", "repa_lambda", "gamma_l2_lambda"))
+  _require(isinstance(loss.freq_quality, int) and 1 <= loss.freq_quality <= 100,
+           f"loss.freq_quality={loss.freq_quality!r} must be a JPEG quality, an integer in [1, 100] "
+           "(90 as the original)")
+  _require(loss.freq_transform in FREQ_TRANSFORMS,
+           f"loss.freq_transform={loss.freq_transform!r} is unknown: choose one of {FREQ_TRANSFORMS}")
+  _require(isinstance(loss.repa_early_stop, int) and loss.repa_early_stop >= 0,
+           f"loss.repa_early_stop={loss.repa_early_stop!r} must be an optimizer step count >= 0 "
+           "(set loss.repa_lambda=0 to switch REPA off)")
+
+
+def _check_schedule(config: ml_collections.ConfigDict) -> None:
+  o = config.optim
+  _require(o.schedule in LR_SCHEDULES, f"optim.schedule={o.schedule!r} is unknown: choose one of {LR_SCHEDULES}")
+  _require(isinstance(o.learning_rate, (int, float)) and o.learning_rate > 0,
+           f"optim.learning_rate must be positive, got {o.learning_rate!r}")
+  _require(isinstance(o.warmup_steps, int) and o.warmup_steps >= 0,
+           f"optim.warmup_steps must be an integer >= 0, got {o.warmup_steps!r}")
+  if o.schedule in ("cosine", "stepped_cosine_restart"):
+    _require(0 <= o.min_lr <= o.learning_rate,
+             f"optim.min_lr={o.min_lr} must be in [0, optim.learning_rate={o.learning_rate}]")
+  if o.schedule == "cosine":
+    _require(config.train.num_steps > o.warmup_steps,
+             f"optim.warmup_steps={o.warmup_steps} leaves no cosine decay before train.num_steps="
+             f"{config.train.num_steps}: lower the warm-up or use optim.schedule=constant")
+  if o.schedule == "stepped_cosine_restart":
+    _positive_ints(o, "optim", ("restart_cycle_steps",))
+    _require(o.min_lr <= o.restart_cycle_min_lr <= o.learning_rate,
+             f"optim.restart_cycle_min_lr={o.restart_cycle_min_lr} must be in [optim.min_lr={o.min_lr}, "
+             f"optim.learning_rate={o.learning_rate}]")
+    _require(0 < o.restart_decay_rate <= 1,
+             f"optim.restart_decay_rate={o.restart_decay_rate} must be in (0, 1] (1 = no decay per cycle)")
+
+
+def _check_optim(config: ml_collections.ConfigDict) -> None:
+  o = config.optim
+  _check_schedule(config)
+  _require(0 <= o.b1 < 1 and 0 <= o.b2 < 1, f"optim.b1={o.b1} and optim.b2={o.b2} must be in [0, 1)")
+  _require(o.eps > 0, f"optim.eps must be positive, got {o.eps}")
+  _non_negative(o, "optim", ("weight_decay",))
+  _require(o.max_grad_norm is None or o.max_grad_norm > 0,
+           f"optim.max_grad_norm={o.max_grad_norm} must be positive, or None for no cap")
+  _positive_ints(o, "optim", ("grad_accum_steps",))
+  _require(0 <= o.ema_decay < 1, f"optim.ema_decay={o.ema_decay} must be in [0, 1) (0.999 as the original)")
+  z = o.zclip
+  _require(z.variant in ZCLIP_VARIANTS, f"optim.zclip.variant={z.variant!r} is unknown: choose one of {ZCLIP_VARIANTS}")
+  if z.variant == "off":
+    return
+  _require(0 < z.alpha < 1, f"optim.zclip.alpha={z.alpha} must be in (0, 1) (0.97 published, 0.99 the original)")
+  _require(z.z_threshold > 0, f"optim.zclip.z_threshold must be positive, got {z.z_threshold}")
+  if z.variant == "zclip":
+    _positive_ints(z, "optim.zclip", ("warmup_steps",))
+    _require(z.mode in ZCLIP_MODES, f"optim.zclip.mode={z.mode!r} is unknown: choose one of {ZCLIP_MODES}")
+    _require(z.clip_option in ZCLIP_CLIP_OPTIONS,
+             f"optim.zclip.clip_option={z.clip_option!r} is unknown: choose one of {ZCLIP_CLIP_OPTIONS}")
+    _require(z.clip_factor > 0, f"optim.zclip.clip_factor must be positive, got {z.clip_factor}")
+
+
+def _check_data(config: ml_collections.ConfigDict) -> None:
+  d = config.data
+  patch = config.model.patch_size
+  _require(d.source in DATA_SOURCES, f"data.source={d.source!r} is unknown: choose one of {DATA_SOURCES}")
+  _require(d.source != "tfds" or bool(d.tfds_name), "data.source='tfds' needs data.tfds_name (e.g. 'my_dataset')")
+  _positive_ints(d, "data", ("synthetic_size", "min_resolution", "max_resolution", "chunk_size", "num_threads",
+                             "prefetch"))
+  for name in ("min_resolution", "max_resolution"):
+    _require(d[name] % patch == 0, f"data.{name}={d[name]} is not a multiple of model.patch_size={patch}: "
+             f"use {d[name] // patch * patch or patch}")
+  _require(d.min_resolution <= d.max_resolution,
+           f"data.min_resolution={d.min_resolution} exceeds data.max_resolution={d.max_resolution}")
+  _require(d.max_aspect_ratio >= 1, f"data.max_aspect_ratio={d.max_aspect_ratio} must be >= 1 (2.0 as the original)")
+  _require(d.sampler in DATA_SAMPLERS, f"data.sampler={d.sampler!r} is unknown: choose one of {DATA_SAMPLERS}")
+  _require(0 <= d.caption_dropout <= 1, f"data.caption_dropout={d.caption_dropout} must be in [0, 1]")
+  _require(isinstance(d.num_workers, int) and d.num_workers >= 0,
+           f"data.num_workers must be an integer >= 0 (0 = load in the main process), got {d.num_workers!r}")
+
+
+def _check_encoders(config: ml_collections.ConfigDict) -> None:
+  """`text` and `dino`: the frozen encoders (paths are checked when they are loaded, not here)."""
+  for field in ("text", "dino"):
+    e = config[field]
+    _require(e.source in ENCODER_SOURCES, f"{field}.source={e.source!r} is unknown: choose one of {ENCODER_SOURCES}")
+    _require(e.compute_dtype in COMPUTE_DTYPES,
+             f"{field}.compute_dtype={e.compute_dtype!r} is unknown: choose one of {COMPUTE_DTYPES}")
+    _require(isinstance(e.allow_download, bool), f"{field}.allow_download must be True or False")
+  h = config.text.hidden_layer
+  _require(isinstance(h, int) and h <= -1,
+           f"text.hidden_layer={h!r} must be a negative Hugging Face hidden_states index: -1 (last_hidden_state, "
+           "after the final norm) or -2 (the layer before, as Z-Image)")
+
+
+def _check_train(config: ml_collections.ConfigDict) -> None:
+  f, t = config.flow, config.train
+  _require(0 <= f.t_eps < 0.5, f"flow.t_eps={f.t_eps} must be in [0, 0.5): t is drawn from [t_eps, 1 - t_eps]")
+  _require(f.p_std > 0, f"flow.p_std must be positive, got {f.p_std}")
+  _require(f.time_shift > 0, f"flow.time_shift must be positive (1 = no shift), got {f.time_shift}")
+  _positive_ints(t, "train", ("batch_size", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints",
+                              "sample_size", "max_nonfinite_steps"))
+  _require(isinstance(t.sample_every, int) and t.sample_every >= 0,
+           f"train.sample_every must be >= 0 (0 = sample grids only at the end), got {t.sample_every!r}")
+  _require(t.sample_size % config.model.patch_size == 0,
+           f"train.sample_size={t.sample_size} is not a multiple of model.patch_size={config.model.patch_size}")
+
+
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks every cross-field constraint; returns the config unchanged or raises `ConfigError`."""
   _check_model(config)
+  _check_train(config)
   _check_mesh(config)
+  _check_sample(config)
+  _check_loss(config)
+  _check_optim(config)
+  _check_data(config)
+  _check_encoders(config)
+  return config
+
+
+def check_backend(config: ml_collections.ConfigDict, backend: str) -> ml_collections.ConfigDict:
+  """Checks that `model.attention` can run on `backend` (the launcher passes `jax.default_backend()`).
+
+  Kept apart from `validate` so that validation stays pure; raises `ConfigError` naming the fix.
+  """
+  m = config.model
+  kernel = m.attention
+  _require(kernel in KERNEL_BACKENDS,
+           f"model.attention={kernel!r} is not an attention kernel: choose one of {ATTENTION_KERNELS}")
+  runs_on = KERNEL_BACKENDS[kernel]
+  _require(backend in runs_on,
+           f"model.attention={kernel!r} cannot run on backend {backend!r}: it runs on {'/'.join(runs_on)} only "
+           "(the Pallas kernels run on CPU only interpreted, in tests); set model.attention=auto (cudnn on GPU, "
+           "splash on TPU, xla on CPU) or xla")
+  if kernel == "cudnn":
+    dtype = "bfloat16" if m.compute_dtype == "auto" else m.compute_dtype
+    _require(dtype != "float32",
+             "model.attention='cudnn' needs bfloat16 or float16 inputs but model.compute_dtype='float32': "
+             "set model.compute_dtype=bfloat16 (or auto), or model.attention=xla")
+    head_dim = m.hidden_dim // m.num_heads
+    _require(head_dim % 8 == 0 and head_dim <= 128,
+             f"model.attention='cudnn' needs head_dim (hidden_dim / num_heads) a multiple of 8 and <= 128, "
+             f"got {head_dim}: use model.attention=auto or pallas_gpu")
   return config

@@ -1,0 +1,39 @@
+"""Train PixelHDM: `python launch/train.py --config=configs/base.py:tiny --workdir=/tmp/pixelhdm_tiny`.
+
+The config string picks a preset (tiny, small, default, large); any field can be overridden, e.g.
+`--config.train.num_steps=1000 --config.train.batch_size=64`. Re-running with the same workdir resumes from
+its latest checkpoint. On several hosts run the same command on every host (one process per host).
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from pixelhdm_jax import parallel
+from pixelhdm_jax.compilation_cache import configure_compilation_cache
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with a preset, e.g. configs/base.py:tiny.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl, tb/ and samples/.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _QuietLibraries:
+  """Keeps INFO chatter of Orbax and Grain off the console (warnings and errors still show)."""
+
+  def filter(self, record):
+    return record.levelno >= 30 or not any(f"/{lib}/" in record.pathname for lib in ("orbax", "grain", "jax"))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  parallel.maybe_initialize_distributed()
+  configure_compilation_cache()
+  from pixelhdm_jax.train.loop import train_and_evaluate  # after jax.distributed, which must come first
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

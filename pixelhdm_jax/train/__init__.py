@@ -1,0 +1,1 @@
+"""Training: the train state, the pure train step, checkpoints and `train_and_evaluate`."""

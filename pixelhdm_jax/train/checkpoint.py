@@ -1,0 +1,186 @@
+"""Orbax checkpoints of a whole training run, and loading network weights for inference.
+
+A workdir's `checkpoints/<step>/` holds the items
+  model        the network parameters (float32)
+  ema          their exponential moving average (what sampling uses by default)
+  train_state  step, iREPA projector, optimizer state (with ZClip), skip counters, the base RNG key
+  data         the Grain iterator state (one file per process)
+  config       the run's config as JSON
+Saves are asynchronous and atomic (a step directory appears only when complete); `keep` bounds how many
+stay. A restore goes straight into the abstract sharded state, so it works on a different mesh. A checkpoint
+that cannot be restored, or was written for another network, is an error naming its path: training never
+silently starts afresh over an existing checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
+
+from pixelhdm_jax.models.pixelhdm import PixelHDM
+from pixelhdm_jax.train.state import TrainState, strip_boxes
+
+ITEMS = ("model", "ema", "train_state", "data", "config")
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint exists but cannot be used: the message names the path and what is wrong."""
+
+
+def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+  out = []
+  for key in sorted(set(saved) | set(current)):
+    a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += _differences(a, b, f"{prefix}{key}.")
+    elif a != b and not (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and list(a) == list(b)):
+      out.append(f"{prefix}{key}: checkpoint {a!r}, this run {b!r}")
+  return out
+
+
+def config_json(config: ml_collections.ConfigDict) -> dict:
+  """The config as plain JSON values (tuples become lists)."""
+  return json.loads(config.to_json())
+
+
+class RunCheckpoints:
+  """The Orbax `CheckpointManager` of one training workdir."""
+
+  def __init__(self, directory: str | pathlib.Path, *, keep: int, async_save: bool = True):
+    self.directory = pathlib.Path(directory).absolute()
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
+    handlers = {name: ocp.StandardCheckpointHandler() for name in ("model", "ema", "train_state")}
+    handlers["data"] = grain.checkpoint.CheckpointHandler()
+    handlers["config"] = ocp.JsonCheckpointHandler()
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+
+  def latest_step(self) -> int | None:
+    """The newest complete checkpoint, None for a new run; raises if the directory holds only broken ones."""
+    step = self.manager.latest_step()
+    if step is None:
+      leftovers = [p.name for p in self.directory.iterdir() if p.name.split(".")[0].isdigit()]
+      if leftovers:
+        raise CheckpointError(f"{self.directory} holds {sorted(leftovers)} but no complete checkpoint: "
+                              "they are unfinished or broken saves; move them away to start a new run")
+    return step
+
+  def save(self, state: TrainState, rng: jax.Array, data_iterator: Any, config: ml_collections.ConfigDict, *,
+           force: bool = False) -> bool:
+    """Starts an (asynchronous) save of the state at `state.step`; returns whether a save was started."""
+    step = int(state.step)
+    train_state = {**state.checkpointed(), "rng": jax.random.key_data(rng)}
+    del train_state["params"]
+    train_state["repa_projector"] = state.params["repa_projector"]
+    args = ocp.args.Composite(model=ocp.args.StandardSave(state.params["model"]),
+                              ema=ocp.args.StandardSave(state.ema),
+                              train_state=ocp.args.StandardSave(train_state),
+                              data=grain.checkpoint.CheckpointSave(data_iterator),
+                              config=ocp.args.JsonSave(config_json(config)))
+    return self.manager.save(step, args=args, force=force)
+
+  def check_config(self, step: int, config: ml_collections.ConfigDict) -> None:
+    """Raises if checkpoint `step` was written for a different network or text/teacher encoder."""
+    saved = self.restore_config(step)
+    current = config_json(config)
+    problems = []
+    for section in ("model", "text", "dino"):
+      problems += _differences(saved.get(section, {}), current.get(section, {}), f"{section}.")
+    if problems:
+      raise CheckpointError(f"checkpoint {self.directory / str(step)} was written for another model: "
+                            + "; ".join(problems) + ". Use a new --workdir or the checkpoint's settings")
+
+  def restore_config(self, step: int) -> dict:
+    return self._restore(step, config=ocp.args.JsonRestore())["config"]
+
+  def restore(self, step: int, abstract: TrainState, data_iterator: Any) -> tuple[TrainState, jax.Array]:
+    """(state without encoders, base rng) of checkpoint `step`, in the shardings of `abstract`; the Grain
+    iterator is restored in place."""
+    abstract_train_state = {**abstract.checkpointed(), "rng": jax.ShapeDtypeStruct((2,), "uint32",
+                                                                                   sharding=abstract.step.sharding)}
+    del abstract_train_state["params"]
+    abstract_train_state["repa_projector"] = abstract.params["repa_projector"]
+    restored = self._restore(step, model=ocp.args.StandardRestore(abstract.params["model"]),
+                             ema=ocp.args.StandardRestore(abstract.ema),
+                             train_state=ocp.args.StandardRestore(abstract_train_state),
+                             data=grain.checkpoint.CheckpointRestore(data_iterator))
+    saved = restored["train_state"]
+    state = TrainState(step=saved["step"], params={"model": restored["model"], "repa_projector": saved["repa_projector"]},
+                       opt_state=saved["opt_state"], ema=restored["ema"], nonfinite=saved["nonfinite"],
+                       nonfinite_total=saved["nonfinite_total"], encoders=None)
+    return state, jax.random.wrap_key_data(saved["rng"])
+
+  def _restore(self, step: int, **items) -> Any:
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as error:  # noqa: BLE001  (re-raised with the path: a broken checkpoint must be loud)
+      raise CheckpointError(f"cannot restore {', '.join(items)} from checkpoint {self.directory / str(step)}: "
+                            f"{type(error).__name__}: {error}") from error
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def checkpoint_directory(path: str | pathlib.Path) -> pathlib.Path:
+  """A training workdir (`<workdir>/checkpoints`) or a checkpoint directory itself (e.g. an export)."""
+  path = pathlib.Path(path).absolute()
+  if (path / "checkpoints").is_dir():
+    path = path / "checkpoints"
+  if not path.is_dir():
+    raise CheckpointError(f"{path} is not a training workdir or a checkpoint directory")
+  return path
+
+
+def load_for_inference(path: str | pathlib.Path, *, use_ema: bool = True, step: int | None = None,
+                       sharding: jax.sharding.Sharding | None = None) -> tuple[ml_collections.ConfigDict, Any, int]:
+  """(config, network params, step) from a workdir or an exported checkpoint; EMA weights when present and
+  `use_ema`. Params are placed with `sharding` (default: replicated on the first local device)."""
+  directory = checkpoint_directory(path)
+  handlers = {"model": ocp.StandardCheckpointHandler(), "ema": ocp.StandardCheckpointHandler(),
+              "config": ocp.JsonCheckpointHandler()}
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+                                  item_handlers=handlers)
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise CheckpointError(f"{directory} holds no complete checkpoint")
+  item = "ema" if use_ema and (directory / str(step) / "ema").is_dir() else "model"
+  try:
+    config = ml_collections.ConfigDict(manager.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore()))["config"])
+    model = PixelHDM.from_config(config.model)
+    size = model.patch_size
+    abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)), jnp.zeros((1,)),
+                              jnp.zeros((1, 1, model.text_dim)), None, jnp.zeros((1, model.text_dim)))
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                            strip_boxes(abstract["params"]))
+    params = manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract)}))[item]
+  except CheckpointError:
+    raise
+  except Exception as error:  # noqa: BLE001  (re-raised with the path)
+    raise CheckpointError(f"cannot load the network weights ({item}) of checkpoint {directory / str(step)}: "
+                          f"{type(error).__name__}: {error}") from error
+  finally:
+    manager.close()
+  return config, params, step
+
+
+def save_for_inference(directory: str | pathlib.Path, config: ml_collections.ConfigDict, params: Any,
+                       step: int = 0) -> pathlib.Path:
+  """Writes an inference checkpoint (items `model` and `config`) that `load_for_inference` reads."""
+  directory = pathlib.Path(directory).absolute()
+  handlers = {"model": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
+  with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False),
+                             item_handlers=handlers) as manager:
+    manager.save(step, args=ocp.args.Composite(model=ocp.args.StandardSave(params),
+                                               config=ocp.args.JsonSave(config_json(config))))
+  return directory

@@ -1,0 +1,181 @@
+"""`train_and_evaluate(config, workdir)`: the training loop around the pure, compiled train step.
+
+The loop builds the mesh, the frozen encoders, the networks and the data, creates the state sharded (or
+restores the latest checkpoint into it), then runs one compiled step per bucket shape. Metrics leave the
+device one step late, so the host never stalls the device queue; they go to the progress bar, the console,
+`metrics.jsonl` and TensorBoard. Checkpoints are asynchronous; SIGTERM (preemption) saves and returns.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import signal
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+from absl import logging
+from tqdm import tqdm
+
+from pixelhdm_jax import flops, parallel
+from pixelhdm_jax.config import validate
+from pixelhdm_jax.data.pipeline import build_train_loader
+from pixelhdm_jax.losses import repa_active
+from pixelhdm_jax.train import preview
+from pixelhdm_jax.train.checkpoint import RunCheckpoints
+from pixelhdm_jax.train.metrics import MetricWriter
+from pixelhdm_jax.train.setup import build_trainer
+
+
+class NonFiniteError(RuntimeError):
+  """Too many consecutive steps had a non-finite loss or gradients."""
+
+
+class _Preemption:
+  """Remembers a SIGTERM so the loop can save and return at the next step boundary."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: preemption then comes only from the checkpoint manager
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint and stopping")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+class _Pending:
+  """Metrics of the last dispatched step, fetched only after the next step has been dispatched."""
+
+  def __init__(self):
+    self.metrics, self.step, self.batch_shape, self.timed = None, None, None, False
+
+  def set(self, metrics, step, batch_shape, timed):
+    self.metrics, self.step, self.batch_shape, self.timed = metrics, step, batch_shape, timed
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
+  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the last logged metrics."""
+  validate(config)
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  mesh = parallel.create_mesh(config.mesh)
+  rules = parallel.logical_rules(config.mesh)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    return _train(config, workdir, mesh, rules)
+
+
+def _train(config, workdir, mesh, rules) -> dict[str, float]:
+  trainer = build_trainer(config, mesh, rules)
+  checkpoints = RunCheckpoints(workdir / "checkpoints", keep=config.train.keep_checkpoints)
+  loader = build_train_loader(config, trainer.text_encoder.tokenizer, process_index=jax.process_index(),
+                              process_count=jax.process_count())
+  latest = checkpoints.latest_step()
+  if latest is None:
+    init_rng, rng = jax.random.split(jax.random.key(config.seed))
+    state = trainer.new_state(init_rng)
+    logging.info("new run in %s", workdir)
+  else:
+    checkpoints.check_config(latest, config)
+    state, rng = checkpoints.restore(latest, trainer.abstract_state(), loader)
+    state = state.replace(encoders=trainer.encoders)
+    logging.info("resumed from %s at step %d", checkpoints.directory / str(latest), latest)
+  writer = MetricWriter(workdir)
+  try:
+    with _Preemption() as preemption:
+      return _run(trainer, state, rng, loader, checkpoints, writer, preemption, workdir)
+  finally:
+    checkpoints.wait()
+    checkpoints.close()
+    writer.close()
+
+
+def _run(trainer, state, rng, loader, checkpoints, writer, preemption, workdir) -> dict[str, float]:
+  """The step loop; returns the last logged metrics."""
+  config, steps = trainer.config, trainer.steps
+  train = config.train
+  accum = config.optim.grad_accum_steps
+  total = train.num_steps * accum  # micro-steps
+  step = int(state.step)
+  compiled: dict[tuple, Any] = {}
+  pending, last = _Pending(), {}
+  timer = {"time": None, "step": None}
+  bar = tqdm(total=train.num_steps, initial=step // accum, unit="step", dynamic_ncols=True,
+             disable=jax.process_index() != 0)
+  while step < total:
+    if preemption.requested or checkpoints.manager.reached_preemption(step):
+      checkpoints.save(state, rng, loader, config, force=True)
+      logging.warning("preempted at step %d: checkpoint saved to %s", step, checkpoints.directory)
+      break
+    local = next(loader)
+    batch = trainer.global_batch(local)
+    repa = True in steps and repa_active(config.loss, step // accum)
+    key = (batch["images"].shape, repa)
+    if key not in compiled:
+      pending.timed = False  # its fetch waits for this compile
+      started = time.perf_counter()
+      compiled[key] = steps[repa].lower(state, batch, rng).compile()
+      seconds = time.perf_counter() - started
+      logging.info("compiled the train step for images %s (REPA %s) in %.1f s", key[0], "on" if repa else "off",
+                   seconds)
+      writer.scalars(step // accum, {"compile_s": seconds, "compiled_programs": len(compiled)})
+    state, metrics = compiled[key](state, batch, rng)
+    last = _report(config, pending, timer, writer, bar) or last
+    pending.set(metrics, step, key[0], timed=True)
+    step += 1
+    if step % accum:
+      continue
+    bar.update(1)
+    opt_step = step // accum
+    if opt_step % train.checkpoint_every == 0 or step == total:
+      checkpoints.save(state, rng, loader, config)
+      pending.timed = False
+    if train.sample_prompts and (step == total or (train.sample_every and opt_step % train.sample_every == 0)):
+      preview.write_sample_grid(config, state.ema, trainer.text_encoder, workdir, opt_step, writer)
+      pending.timed = False
+  last = _report(config, pending, timer, writer, bar) or last
+  bar.close()
+  return last
+
+
+def _report(config, pending: _Pending, timer: dict, writer: MetricWriter, bar) -> dict[str, float] | None:
+  """Fetches the pending metrics (the previous step's), checks them, logs them at `log_every`."""
+  if pending.metrics is None:
+    return None
+  values = {k: float(v) for k, v in jax.device_get(pending.metrics).items()}
+  now = time.perf_counter()
+  accum = config.optim.grad_accum_steps
+  if values["nonfinite"] >= config.train.max_nonfinite_steps:
+    raise NonFiniteError(f"{int(values['nonfinite'])} consecutive steps up to step {pending.step} had a non-finite "
+                         "loss or gradients (train.max_nonfinite_steps); the last checkpoint holds finite weights")
+  if pending.timed and timer["time"] is not None:
+    seconds = (now - timer["time"]) / max(pending.step - timer["step"], 1)
+    batch, height, width, _ = pending.batch_shape
+    model_flops = batch * flops.train_step_flops(config.model, height, width, config.text.max_length)
+    values.update(step_time_s=seconds * accum, images_per_s=batch / seconds,
+                  tflops_per_device=model_flops / seconds / jax.device_count() / 1e12)
+    utilisation = flops.mfu(model_flops, seconds, jax.devices()[0].device_kind, jax.device_count())
+    if utilisation is not None:
+      values["mfu"] = utilisation
+  timer["time"], timer["step"] = now, pending.step
+  opt_step = pending.step // accum + 1
+  bar.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
+  if opt_step % config.train.log_every == 0 or (pending.step + 1) == config.train.num_steps * accum:
+    writer.scalars(opt_step, values)
+    shown = ("loss", "loss_velocity", "loss_frequency", "loss_repa", "grad_norm", "lr", "images_per_s", "mfu")
+    logging.info("step %d: %s", opt_step, ", ".join(f"{k}={values[k]:.4g}" for k in shown if k in values))
+  pending.metrics = None
+  return values

@@ -1,0 +1,72 @@
+"""Everything a training run needs before its first step, shared by the loop, the benchmark and tests.
+
+`build_trainer(config, mesh, rules)` builds the frozen encoders (placed sharded), the networks, the state
+shardings and the jitted train steps (REPA on and off); call it inside `jax.set_mesh(mesh)` and
+`nn.logical_axis_rules(rules)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from pixelhdm_jax import parallel
+from pixelhdm_jax.encoders.teacher import DinoTeacher, build_dino_teacher
+from pixelhdm_jax.encoders.text import TextEncoder, build_text_encoder
+from pixelhdm_jax.losses import RepaProjector
+from pixelhdm_jax.models.pixelhdm import PixelHDM
+from pixelhdm_jax.optim.optimizer import make_optimizer
+from pixelhdm_jax.train.state import (Networks, TrainState, abstract_state, create_train_state, replicated,
+                                      state_shardings)
+from pixelhdm_jax.train.step import BATCH_KEYS, compile_train_step
+from pixelhdm_jax.weights.hf import to_sharded
+
+
+class Trainer(NamedTuple):
+  config: ml_collections.ConfigDict
+  mesh: Mesh
+  rules: parallel.Rules
+  networks: Networks
+  text_encoder: TextEncoder
+  teacher: DinoTeacher | None  # None when REPA is off for the whole run (loss.repa_lambda = 0)
+  encoders: dict[str, Any]  # frozen params, sharded
+  shardings: TrainState
+  steps: dict[bool, Any]  # REPA on/off -> jitted train step
+
+  def new_state(self, rng: jax.Array) -> TrainState:
+    return create_train_state(self.networks, self.encoders, self.shardings, rng)
+
+  def abstract_state(self) -> TrainState:
+    return abstract_state(self.networks, self.encoders, self.shardings)
+
+  def global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """This process's slice of a batch (host arrays) -> the train step's global sharded batch."""
+    return parallel.global_batch({key: local_batch[key] for key in BATCH_KEYS}, self.mesh, self.rules)
+
+
+def _place(params: Any, abstract: Any, mesh: Mesh, rules: parallel.Rules) -> tuple[Any, Any]:
+  """Frozen encoder params (host or device arrays) -> sharded global arrays, and their shardings."""
+  shardings = parallel.param_shardings(abstract, mesh, rules)
+  return to_sharded(jax.tree.map(np.asarray, params), shardings), shardings
+
+
+def build_trainer(config: ml_collections.ConfigDict, mesh: Mesh, rules: parallel.Rules) -> Trainer:
+  text_encoder = build_text_encoder(config)
+  teacher = build_dino_teacher(config) if config.loss.repa_lambda > 0 else None
+  model = PixelHDM.from_config(config.model)
+  networks = Networks(model, RepaProjector(teacher.feature_dim if teacher else 1), make_optimizer(config))
+  encoders, encoder_shardings = {}, {}
+  encoders["text"], encoder_shardings["text"] = _place(text_encoder.params, text_encoder.abstract_params(), mesh,
+                                                       rules)
+  if teacher is not None:
+    encoders["dino"], encoder_shardings["dino"] = _place(teacher.params, teacher.abstract_params(), mesh, rules)
+  shardings = state_shardings(networks, encoder_shardings, mesh, rules)
+  batch_sharding = parallel.batch_sharding(mesh, rules)
+  steps = {repa: compile_train_step(config, networks, text_encoder, teacher if repa else None, shardings,
+                                    batch_sharding, replicated(mesh))
+           for repa in ((True, False) if teacher is not None else (False,))}
+  return Trainer(config, mesh, rules, networks, text_encoder, teacher, encoders, shardings, steps)

@@ -1,0 +1,109 @@
+"""The train state, its shardings, and its creation directly on the mesh.
+
+`TrainState.params` holds everything the optimizer trains: the network (`model`) and the iREPA projector
+(`repa_projector`); `ema` is the exponential moving average of the network weights (what sampling uses);
+`encoders` holds the frozen text encoder and DINOv3 teacher weights, which are loaded (or re-created from
+their seeds) at start-up and never written to a checkpoint. Shardings come from the logical axis names of
+the abstract (boxed) init, so the state is created already sharded by `jax.jit(init, out_shardings=...)`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from pixelhdm_jax import parallel
+from pixelhdm_jax.losses import RepaProjector
+from pixelhdm_jax.models.pixelhdm import PixelHDM
+from pixelhdm_jax.optim.ema import init_ema
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32: train steps (micro-steps) taken; optimizer steps = step // optim.grad_accum_steps
+  params: Any  # {"model": network params, "repa_projector": projector params}, float32
+  opt_state: Any
+  ema: Any  # float32 EMA of params["model"]
+  nonfinite: jax.Array  # int32: consecutive skipped steps (non-finite loss or gradients)
+  nonfinite_total: jax.Array  # int32: all skipped steps
+  encoders: Any  # {"text": Qwen3 params, "dino": DINOv3 params}: frozen, not checkpointed
+
+  def checkpointed(self) -> dict:
+    """Everything a checkpoint holds, i.e. the state without the frozen encoders (and without the EMA,
+    which is its own checkpoint item)."""
+    return {"step": self.step, "params": self.params, "opt_state": self.opt_state,
+            "nonfinite": self.nonfinite, "nonfinite_total": self.nonfinite_total}
+
+
+class Networks(NamedTuple):
+  """The trainable modules and the optimizer (static parts of the train step)."""
+  model: PixelHDM
+  projector: RepaProjector
+  optimizer: optax.GradientTransformation
+
+
+def _example_inputs(model: PixelHDM):
+  """Smallest inputs that create every parameter: one patch, one text token."""
+  size = model.patch_size
+  return (jnp.zeros((1, size, size, 3)), jnp.zeros((1,)), jnp.zeros((1, 1, model.text_dim)), jnp.ones((1, 1), bool),
+          jnp.zeros((1, model.text_dim)))
+
+
+def _init_trainable(networks: Networks, rng: jax.Array):
+  """(params, opt_state, ema) with logical-axis boxes on every parameter-shaped leaf."""
+  model_rng, projector_rng = jax.random.split(rng)
+  model_params = networks.model.init(model_rng, *_example_inputs(networks.model))["params"]
+  features = jnp.zeros((1, 1, networks.model.hidden_dim))
+  projector_params = networks.projector.init(projector_rng, features, (1, 1))["params"]
+  params = {"model": model_params, "repa_projector": projector_params}
+  return params, networks.optimizer.init(params), init_ema(model_params)
+
+
+def strip_boxes(tree: Any) -> Any:
+  """Removes the logical-axis boxes without adding sharding constraints (safe on abstract values)."""
+  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
+  return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree, is_leaf=is_box)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def state_shardings(networks: Networks, encoder_shardings: Any, mesh: Mesh, rules: parallel.Rules) -> TrainState:
+  """The sharding of every leaf of the train state (a `TrainState` of `NamedSharding`s)."""
+  abstract = jax.eval_shape(functools.partial(_init_trainable, networks), jax.random.key(0))
+  params, opt_state, ema = parallel.param_shardings(abstract, mesh, rules)
+  scalar = replicated(mesh)
+  return TrainState(step=scalar, params=params, opt_state=opt_state, ema=ema, nonfinite=scalar,
+                    nonfinite_total=scalar, encoders=encoder_shardings)
+
+
+def abstract_state(networks: Networks, encoders: Any, shardings: TrainState) -> TrainState:
+  """`jax.ShapeDtypeStruct`s (with shardings) of the whole state: the target of a checkpoint restore."""
+  params, opt_state, ema = strip_boxes(jax.eval_shape(functools.partial(_init_trainable, networks),
+                                                      jax.random.key(0)))
+  scalar = jax.ShapeDtypeStruct((), jnp.int32)
+  state = TrainState(step=scalar, params=params, opt_state=opt_state, ema=ema, nonfinite=scalar,
+                     nonfinite_total=scalar, encoders=jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                                                   encoders))
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+
+
+def create_train_state(networks: Networks, encoders: Any, shardings: TrainState, rng: jax.Array) -> TrainState:
+  """A fresh state, created directly in its shardings (no host copy of the full weights)."""
+
+  def init(rng):
+    params, opt_state, ema = nn.meta.unbox(_init_trainable(networks, rng))
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(step=zero, params=params, opt_state=opt_state, ema=ema, nonfinite=zero,
+                      nonfinite_total=zero, encoders=None)
+
+  state = jax.jit(init, out_shardings=shardings.replace(encoders=None))(rng)
+  return state.replace(encoders=encoders)

@@ -1,0 +1,125 @@
+"""The tiny preset end to end: it learns, resumes bit for bit, survives SIGTERM, fails loudly on bad checkpoints."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from pixelhdm_jax.train.checkpoint import CheckpointError
+from pixelhdm_jax.train.loop import train_and_evaluate
+from tests.train.conftest import tiny_run_config
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _metrics(workdir):
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  return [json.loads(line) for line in lines if "loss" in line]
+
+
+def _checkpoint(workdir, step):
+  """Every saved array of checkpoint `step` as numpy, by item."""
+  with ocp.CheckpointManager(workdir / "checkpoints", options=ocp.CheckpointManagerOptions(read_only=True),
+                             item_handlers={n: ocp.StandardCheckpointHandler()
+                                            for n in ("model", "ema", "train_state")}) as manager:
+    restored = manager.restore(step, args=ocp.args.Composite(**{n: ocp.args.StandardRestore()
+                                                                for n in ("model", "ema", "train_state")}))
+  return {name: restored[name] for name in ("model", "ema", "train_state")}
+
+
+def _assert_trees_equal(a, b):
+  import jax
+  flat_a, flat_b = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
+  assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
+  for (path, x), (_, y) in zip(flat_a, flat_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.fixture(scope="module")
+def straight_and_resumed(tmp_path_factory):
+  """Run A: 6 steps straight. Run B: 3 steps, stop, resume to 6 (same config but num_steps)."""
+  straight, resumed = tmp_path_factory.mktemp("straight"), tmp_path_factory.mktemp("resumed")
+  train_and_evaluate(tiny_run_config(num_steps=6), straight)
+  train_and_evaluate(tiny_run_config(num_steps=3), resumed)
+  train_and_evaluate(tiny_run_config(num_steps=6), resumed)
+  return straight, resumed
+
+
+def test_resume_is_bit_identical(straight_and_resumed):
+  straight, resumed = straight_and_resumed
+  _assert_trees_equal(_checkpoint(straight, 6), _checkpoint(resumed, 6))  # params, EMA, optimizer, RNG
+  losses = {m["step"]: m["loss"] for m in _metrics(straight)}
+  resumed_losses = {m["step"]: m["loss"] for m in _metrics(resumed)}
+  assert sorted(resumed_losses) == list(range(1, 7))
+  assert resumed_losses == losses  # the same batches in the same order, before and after the restart
+
+
+def test_checkpoints_keep_and_config(straight_and_resumed):
+  straight, _ = straight_and_resumed
+  steps = sorted(int(p.name) for p in (straight / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps == [3, 6]
+  saved = json.loads((straight / "checkpoints" / "6" / "config" / "metadata").read_text())
+  assert saved["model"]["hidden_dim"] == 64 and saved["train"]["num_steps"] == 6
+  assert (straight / "tb").is_dir()
+
+
+def test_corrupt_checkpoint_is_a_loud_error(straight_and_resumed, tmp_path):
+  import shutil
+  _, resumed = straight_and_resumed
+  broken = tmp_path / "broken"
+  shutil.copytree(resumed, broken)
+  for path in (broken / "checkpoints" / "6" / "model").rglob("*"):
+    if path.is_file():  # damage every file of the network's weights
+      path.write_bytes(b"garbage")
+  with pytest.raises(CheckpointError, match=r"cannot restore .* from checkpoint .*broken/checkpoints/6"):
+    train_and_evaluate(tiny_run_config(num_steps=8), broken)
+
+
+def test_checkpoint_of_another_model_is_a_loud_error(straight_and_resumed):
+  straight, _ = straight_and_resumed
+  config = tiny_run_config(num_steps=8)
+  config.model.pixel_dim = 8
+  with pytest.raises(CheckpointError, match=r"was written for another model: model.pixel_dim: checkpoint 4, "
+                                            r"this run 8"):
+    train_and_evaluate(config, straight)
+
+
+def test_unfinished_checkpoints_only_are_a_loud_error(tmp_path):
+  (tmp_path / "checkpoints" / "5.orbax-checkpoint-tmp-123").mkdir(parents=True)
+  with pytest.raises(CheckpointError, match="no complete checkpoint"):
+    train_and_evaluate(tiny_run_config(num_steps=2), tmp_path)
+
+
+def test_tiny_preset_learns(tmp_path):
+  config = tiny_run_config(num_steps=150, log_every=10, checkpoint_every=150)
+  train_and_evaluate(config, tmp_path)
+  losses = [m["loss"] for m in _metrics(tmp_path)]
+  assert len(losses) == 15
+  assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3]), losses
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  command = [sys.executable, str(REPO / "launch" / "train.py"), "--config=configs/base.py:tiny",
+             f"--workdir={tmp_path}", "--config.data.max_resolution=32", "--config.train.num_steps=100000",
+             "--config.train.checkpoint_every=100000", "--config.train.log_every=1", "--config.train.sample_prompts=()"]
+  process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  metrics = tmp_path / "metrics.jsonl"
+  deadline = time.time() + 240
+  while time.time() < deadline and not (metrics.exists() and metrics.read_text().count('"loss"') >= 3):
+    assert process.poll() is None, process.stdout.read().decode()[-3000:]
+    time.sleep(0.5)
+  process.send_signal(signal.SIGTERM)
+  output = process.communicate(timeout=240)[0].decode()
+  assert process.returncode == 0, output[-3000:]
+  saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+  assert len(saved) == 1 and saved[0] >= 3, output[-3000:]
+  train_and_evaluate(tiny_run_config(num_steps=saved[0] + 2), tmp_path)
+  assert max(m["step"] for m in _metrics(tmp_path)) == saved[0] + 2
