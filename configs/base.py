@@ -205,9 +205,11 @@ def _mesh() -> ml_collections.ConfigDict:
   """Device mesh `data x fsdp x tensor` (one axis may be -1) and the logical-axis rules."""
   m = ml_collections.ConfigDict()
   m.shape = (1, -1, 1)
+  # The batch is split fsdp-major: with ("data", "fsdp") XLA (jax 0.10.2, Shardy and GSPMD) computes wrong
+  # rows on meshes where data, fsdp and tensor are all > 1 (tests/test_parallel.py, 2x2x2).
   m.logical_axis_rules = (
-      ("batch", ("data", "fsdp")),
-      ("activation_batch", ("data", "fsdp")),
+      ("batch", ("fsdp", "data")),
+      ("activation_batch", ("fsdp", "data")),
       ("activation_length", None),
       ("activation_embed", None),
       ("activation_heads", "tensor"),

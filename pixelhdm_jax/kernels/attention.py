@@ -1,38 +1,102 @@
 """Attention kernel registry: every kernel takes q (B,S,Hq,D), k and v (B,S,Hkv,D) and a key mask.
 
-Contract shared by all kernels: attention is non-causal; `key_mask` (B, S) is True for keys that may be
-attended, and the valid keys of a row form a prefix (the model puts image tokens first and right-pads the
-text), so kernels that only understand sequence lengths can use `key_mask.sum(-1)`. Hkv divides Hq (GQA).
+Contract shared by all kernels: attention is non-causal with scale 1/sqrt(D); Hkv divides Hq (GQA, query
+head n uses KV head n // (Hq/Hkv)); `key_mask` (B, S) is True for keys that may be attended, and the valid
+keys of a row form a prefix (the model puts image tokens first and right-pads the text), so kernels that
+only understand lengths or segment ids can express it. Rows of padded queries are left to the kernel
+(xla and splash attend the valid keys there, as the original; pallas_gpu attends the padding): the model
+never reads them, and they get no gradient, since padded keys are masked for every valid query.
+
+Kernels: `xla` (`jax.nn.dot_product_attention`, any backend), `cudnn` (cuDNN flash attention through the
+same function, GPU, bf16/fp16), `pallas_gpu` (Pallas Triton flash attention), `splash` (Pallas TPU splash
+attention); the Pallas kernels run inside `shard_map` and, off their backend, in interpret mode (tests).
+`auto` picks cudnn on GPU, splash on TPU, xla on CPU, and xla below `MIN_FUSED_LENGTH` tokens or for
+inputs the fused kernel cannot take. `pixelhdm_jax.config.check_backend` rejects impossible choices early.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
+from pixelhdm_jax.config import KERNEL_BACKENDS
+from pixelhdm_jax.kernels.sharded import run_sharded
+
 AttentionFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array | None], jax.Array]
+
+# Below this many tokens `auto` uses xla: one 128-token tile, where a fused kernel gains nothing.
+MIN_FUSED_LENGTH = 128
+CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+CUDNN_MAX_HEAD_DIM = 128  # 256 from Hopper on; 128 holds on every cuDNN-capable GPU
+INTERPRETED_ON_CPU = ("pallas_gpu", "splash")  # Pallas interpret mode: for tests, slow
 
 
 def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None) -> jax.Array:
-  """`jax.nn.dot_product_attention` with XLA ops; GQA is handled natively, scale 1/sqrt(head_dim)."""
+  """`jax.nn.dot_product_attention` with XLA ops; GQA is handled natively."""
   mask = None if key_mask is None else key_mask[:, None, None, :]
   return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
 
 
-KERNELS: dict[str, AttentionFn] = {"xla": xla_attention}
+def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None) -> jax.Array:
+  """cuDNN fused attention; the prefix mask becomes per-example key lengths (GQA native, GPU only)."""
+  lengths = None if key_mask is None else jnp.sum(key_mask, axis=-1, dtype=jnp.int32)
+  return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation="cudnn")
 
 
-def resolve(name: str) -> str:
-  """Maps `auto` to the kernel used on this backend."""
-  return "xla" if name == "auto" else name
+def cudnn_supports(head_dim: int, dtype) -> bool:
+  return jnp.dtype(dtype) in CUDNN_DTYPES and head_dim % 8 == 0 and head_dim <= CUDNN_MAX_HEAD_DIM
+
+
+@functools.cache
+def _import_pallas(module: str, function: str) -> AttentionFn:
+  """Imports a Pallas kernel on first use, so a JAX without it only fails when it is asked for."""
+  try:
+    return getattr(importlib.import_module(f"pixelhdm_jax.kernels.{module}"), function)
+  except ImportError as error:
+    raise RuntimeError(f"attention kernel {module!r} needs a Pallas op that JAX {jax.__version__} lacks "
+                       f"({error}); use model.attention=auto or xla") from error
+
+
+def _pallas(module: str, function: str) -> AttentionFn:
+  """A Pallas kernel run per device under `shard_map` (`kernels/sharded.py`)."""
+  def run(q, k, v, key_mask):
+    return run_sharded(_import_pallas(module, function), q, k, v, key_mask)
+  return run
+
+
+KERNELS: dict[str, AttentionFn] = {
+    "xla": xla_attention,
+    "cudnn": cudnn_attention,
+    "pallas_gpu": _pallas("pallas_gpu", "flash_attention"),
+    "splash": _pallas("splash", "splash_attention"),
+}
+
+
+def resolve(name: str, *, backend: str, length: int, head_dim: int, dtype) -> str:
+  """The kernel that runs for `name` on `backend` and these inputs: `auto` is chosen here, others kept."""
+  if name != "auto":
+    return name
+  if length < MIN_FUSED_LENGTH:
+    return "xla"
+  if backend == "gpu":
+    return "cudnn" if cudnn_supports(head_dim, dtype) else "xla"
+  if backend == "tpu":
+    return "splash"
+  return "xla"
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None, *,
               kernel: str = "xla") -> jax.Array:
-  """Runs the named kernel (see module docstring for the contract); returns (B, S, Hq, D)."""
-  name = resolve(kernel)
+  """Runs the named kernel (contract in the module docstring); returns (B, S, Hq, D) in q's dtype."""
+  backend = jax.default_backend()
+  name = resolve(kernel, backend=backend, length=q.shape[1], head_dim=q.shape[-1], dtype=q.dtype)
   if name not in KERNELS:
-    raise ValueError(f"attention kernel {name!r} is not available; known kernels: {sorted(KERNELS)}")
+    raise ValueError(f"attention kernel {name!r} is not available; known kernels: {sorted(KERNELS)} or auto")
+  if backend not in KERNEL_BACKENDS[name] and not (backend == "cpu" and name in INTERPRETED_ON_CPU):
+    raise ValueError(f"attention kernel {name!r} runs on {'/'.join(KERNEL_BACKENDS[name])} only, not on "
+                     f"{backend!r}: set model.attention=auto or xla")
   return KERNELS[name](q, k, v, key_mask)
