@@ -120,8 +120,11 @@ class Qwen3Encoder(nn.Module):
     x, _ = layers(x, rope, attend)
     if self.hidden_layer == -1:
       x = RMSNorm(a.rms_norm_eps, self.dtype, name="norm")(x)
-    hidden = jax.lax.stop_gradient(x)
-    return TextEncoding(hidden, mask, last_valid_token(hidden, mask))
+    hidden = nn.with_logical_constraint(jax.lax.stop_gradient(x), ACTIVATION_AXES)
+    pooled = nn.with_logical_constraint(last_valid_token(hidden, mask), ("activation_batch", "activation_embed"))
+    # Pinning every output to batch sharding also avoids an XLA SPMD miscompile seen with one image per batch
+    # shard when this encoder and the network share a jit (wrong hidden states on a 2x2x2 mesh, batch 4).
+    return TextEncoding(hidden, nn.with_logical_constraint(mask, ("activation_batch", "activation_length")), pooled)
 
 
 def last_valid_token(hidden: jax.Array, mask: jax.Array) -> jax.Array:

@@ -172,3 +172,15 @@ class PixelHDM(nn.Module):
     rgb = dense(3, ("pixel_dim", "rgb"), name="output_proj", dtype=self.dtype, use_bias=True)(pixels)
     velocity = unpatchify(rgb, self.patch_size, height, width).astype(jnp.float32)
     return PixelHDMOutput(velocity, features, gamma_l2)
+
+
+def example_inputs(model: PixelHDM) -> tuple[jax.Array, ...]:
+  """The smallest inputs that create every parameter: one patch, one text token."""
+  size = model.patch_size
+  return (jnp.zeros((1, size, size, 3)), jnp.zeros((1,)), jnp.zeros((1, 1, model.text_dim)), jnp.ones((1, 1), bool),
+          jnp.zeros((1, model.text_dim)))
+
+
+def abstract_params(model: PixelHDM):
+  """The network's parameter shapes with their logical-axis boxes (nothing is allocated)."""
+  return jax.eval_shape(model.init, jax.random.key(0), *example_inputs(model))["params"]

@@ -20,11 +20,10 @@ from typing import Any
 
 import grain
 import jax
-import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
-from pixelhdm_jax.models.pixelhdm import PixelHDM
+from pixelhdm_jax.models.pixelhdm import PixelHDM, abstract_params
 from pixelhdm_jax.train.state import TrainState, strip_boxes
 
 ITEMS = ("model", "ema", "train_state", "data", "config")
@@ -156,13 +155,9 @@ def load_for_inference(path: str | pathlib.Path, *, use_ema: bool = True, step: 
   try:
     config = ml_collections.ConfigDict(manager.restore(step, args=ocp.args.Composite(
         config=ocp.args.JsonRestore()))["config"])
-    model = PixelHDM.from_config(config.model)
-    size = model.patch_size
-    abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)), jnp.zeros((1,)),
-                              jnp.zeros((1, 1, model.text_dim)), None, jnp.zeros((1, model.text_dim)))
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                            strip_boxes(abstract["params"]))
+                            strip_boxes(abstract_params(PixelHDM.from_config(config.model))))
     params = manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract)}))[item]
   except CheckpointError:
     raise

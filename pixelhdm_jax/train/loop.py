@@ -23,7 +23,7 @@ from pixelhdm_jax import flops, parallel
 from pixelhdm_jax.config import validate
 from pixelhdm_jax.data.pipeline import build_train_loader
 from pixelhdm_jax.losses import repa_active
-from pixelhdm_jax.train import preview
+from pixelhdm_jax.train.preview import SampleGrids
 from pixelhdm_jax.train.checkpoint import RunCheckpoints
 from pixelhdm_jax.train.metrics import MetricWriter
 from pixelhdm_jax.train.setup import build_trainer
@@ -113,6 +113,7 @@ def _run(trainer, state, rng, loader, checkpoints, writer, preemption, workdir) 
   compiled: dict[tuple, Any] = {}
   pending, last = _Pending(), {}
   timer = {"time": None, "step": None}
+  sample_grids = SampleGrids(trainer, workdir, writer)
   bar = tqdm(total=train.num_steps, initial=step // accum, unit="step", dynamic_ncols=True,
              disable=jax.process_index() != 0)
   while step < total:
@@ -144,7 +145,7 @@ def _run(trainer, state, rng, loader, checkpoints, writer, preemption, workdir) 
       checkpoints.save(state, rng, loader, config)
       pending.timed = False
     if train.sample_prompts and (step == total or (train.sample_every and opt_step % train.sample_every == 0)):
-      preview.write_sample_grid(config, state.ema, trainer.text_encoder, workdir, opt_step, writer)
+      logging.info("sample grid of step %d: %s", opt_step, sample_grids(state, opt_step))
       pending.timed = False
   last = _report(config, pending, timer, writer, bar) or last
   bar.close()

@@ -1,8 +1,39 @@
-"""Sample grids for the fixed validation prompts of `config.train.sample_prompts` (written during training)."""
+"""Sample grids of the fixed validation prompts (`train.sample_prompts`), rendered from the EMA weights.
+
+One grid per call: a row per prompt, written to `<workdir>/samples/step_<step>.png` and to TensorBoard. The
+sampling pipeline (and its compiled loop) is built once and reused; the seed is fixed, so successive grids
+show how the same noise is denoised as training goes on.
+"""
 
 from __future__ import annotations
 
+import pathlib
 
-def write_sample_grid(config, ema_params, text_encoder, workdir, step, writer) -> None:
-  """Placeholder until the sampling pipeline lands."""
-  del config, ema_params, text_encoder, workdir, step, writer
+import numpy as np
+
+from pixelhdm_jax.sample.images import image_grid
+from pixelhdm_jax.sample.pipeline import Pipeline
+from pixelhdm_jax.train.metrics import MetricWriter
+
+
+class SampleGrids:
+  def __init__(self, trainer, workdir: pathlib.Path, writer: MetricWriter):
+    self.config = trainer.config
+    self.pipeline = None
+    self.trainer = trainer
+    self.directory = workdir / "samples"
+    self.writer = writer
+
+  def __call__(self, state, step: int) -> pathlib.Path:
+    if self.pipeline is None:
+      self.pipeline = Pipeline(self.config, state.ema, self.trainer.text_encoder, text_params=state.encoders["text"],
+                               mesh=self.trainer.mesh)
+    size = self.config.train.sample_size
+    images = self.pipeline.generate(list(self.config.train.sample_prompts), height=size, width=size,
+                                    seed=self.config.seed, params=state.ema, text_params=state.encoders["text"])
+    grid = image_grid(images, columns=len(images))
+    self.directory.mkdir(parents=True, exist_ok=True)
+    path = self.directory / f"step_{step:08d}.png"
+    grid.save(path)
+    self.writer.image(step, "samples", np.asarray(grid))
+    return path

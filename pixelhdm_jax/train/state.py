@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pixelhdm_jax import parallel
 from pixelhdm_jax.losses import RepaProjector
-from pixelhdm_jax.models.pixelhdm import PixelHDM
+from pixelhdm_jax.models.pixelhdm import PixelHDM, example_inputs
 from pixelhdm_jax.optim.ema import init_ema
 
 
@@ -49,17 +49,10 @@ class Networks(NamedTuple):
   optimizer: optax.GradientTransformation
 
 
-def _example_inputs(model: PixelHDM):
-  """Smallest inputs that create every parameter: one patch, one text token."""
-  size = model.patch_size
-  return (jnp.zeros((1, size, size, 3)), jnp.zeros((1,)), jnp.zeros((1, 1, model.text_dim)), jnp.ones((1, 1), bool),
-          jnp.zeros((1, model.text_dim)))
-
-
 def _init_trainable(networks: Networks, rng: jax.Array):
   """(params, opt_state, ema) with logical-axis boxes on every parameter-shaped leaf."""
   model_rng, projector_rng = jax.random.split(rng)
-  model_params = networks.model.init(model_rng, *_example_inputs(networks.model))["params"]
+  model_params = networks.model.init(model_rng, *example_inputs(networks.model))["params"]
   features = jnp.zeros((1, 1, networks.model.hidden_dim))
   projector_params = networks.projector.init(projector_rng, features, (1, 1))["params"]
   params = {"model": model_params, "repa_projector": projector_params}

@@ -123,3 +123,16 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
   assert len(saved) == 1 and saved[0] >= 3, output[-3000:]
   train_and_evaluate(tiny_run_config(num_steps=saved[0] + 2), tmp_path)
   assert max(m["step"] for m in _metrics(tmp_path)) == saved[0] + 2
+
+
+def test_resume_on_a_different_mesh(straight_and_resumed, tmp_path):
+  import shutil
+  straight, _ = straight_and_resumed
+  workdir = tmp_path / "remeshed"
+  shutil.copytree(straight, workdir)
+  config = tiny_run_config(num_steps=7)
+  config.mesh.shape = (2, 2, 2)  # saved with (1, 8, 1)
+  train_and_evaluate(config, workdir)
+  assert 7 in {m["step"] for m in _metrics(workdir)}
+  restored = _checkpoint(workdir, 6)
+  _assert_trees_equal(restored, _checkpoint(straight, 6))

@@ -1,0 +1,80 @@
+r"""Samples images from a trained PixelHDM: text-to-image, or image-to-image with --init_image.
+
+  python launch/sample.py --workdir=DIR --prompt="a photo of a cat" --output=OUT
+  python launch/sample.py --workdir=DIR --prompt_file=prompts.txt --num_images_per_prompt=4 --seed=1 \
+      --sampler=dpmpp_2m --num_steps=20 --guidance_scale=5 --output=OUT
+  python launch/sample.py --workdir=DIR --prompt="an oil painting" --init_image=photo.png --strength=0.6 \
+      --output=OUT
+
+--workdir is a training workdir (its latest checkpoint, EMA weights unless --use_ema=false) or an exported
+checkpoint directory. Unset options come from the checkpoint's `config.sample` (Heun, 50 steps, guidance
+4.0) and the size from `config.data.max_resolution`. Batches are split over all devices (data parallel).
+Writes OUT/prompt{p}_image{i}.png and OUT/grid.png (a row per prompt). See docs/sampling.md.
+"""
+
+import pathlib
+
+import ml_collections
+from absl import app, flags, logging
+from PIL import Image
+
+from pixelhdm_jax import parallel
+from pixelhdm_jax.sample.images import save_images
+from pixelhdm_jax.sample.pipeline import Pipeline
+from pixelhdm_jax.train.checkpoint import CheckpointError
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir or exported checkpoint directory.", required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "Folder that receives the PNGs and grid.png.", required=True)
+_PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt; repeat the flag for several.")
+_PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "A text file with one prompt per line.")
+_NEGATIVE = flags.DEFINE_string("negative_prompt", None, "Replaces the empty prompt of the unconditional pass.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
+_USE_EMA = flags.DEFINE_bool("use_ema", True, "Sample with the EMA weights (false: the raw weights).")
+_SAMPLER = flags.DEFINE_string("sampler", None, "euler | heun | dpmpp_2m | dpmpp_2s | ab2.")
+_NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Solver steps.")
+_GUIDANCE = flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance scale (1 = off).")
+_SEED = flags.DEFINE_integer("seed", 0, "Noise seed; image k uses fold_in(key(seed), k).")
+_HEIGHT = flags.DEFINE_integer("height", None, "Image height in pixels (a multiple of the patch size).")
+_WIDTH = flags.DEFINE_integer("width", None, "Image width in pixels (a multiple of the patch size).")
+_PER_PROMPT = flags.DEFINE_integer("num_images_per_prompt", 1, "Images per prompt.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Images per compiled call.")
+_INIT_IMAGE = flags.DEFINE_string("init_image", None, "Image-to-image: the input image file.")
+_STRENGTH = flags.DEFINE_float("strength", None, "Image-to-image: 0 keeps the input, 1 ignores it (default 0.8).")
+_TEXT_PATH = flags.DEFINE_string("text_path", None, "Local Qwen3 directory, if not the one the run trained with.")
+
+
+def _prompts() -> list[str]:
+  prompts = list(_PROMPT.value)
+  if _PROMPT_FILE.value:
+    lines = pathlib.Path(_PROMPT_FILE.value).read_text(encoding="utf-8").splitlines()
+    prompts += [line.strip() for line in lines if line.strip()]
+  if not prompts:
+    raise app.UsageError("give at least one --prompt or a --prompt_file")
+  return prompts
+
+
+def main(argv):
+  del argv
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity("warning")  # Orbax logs every restore at INFO; --verbosity=0 shows it
+  prompts = _prompts()
+  overrides = {"sample.sampler": _SAMPLER.value, "sample.num_steps": _NUM_STEPS.value,
+               "sample.guidance_scale": _GUIDANCE.value, "text.path": _TEXT_PATH.value}
+  mesh = parallel.create_mesh(ml_collections.ConfigDict({"shape": (-1, 1, 1)}))
+  try:
+    pipeline = Pipeline.from_checkpoint(_WORKDIR.value, use_ema=_USE_EMA.value, step=_STEP.value, mesh=mesh,
+                                        overrides=overrides)
+    init_image = Image.open(_INIT_IMAGE.value) if _INIT_IMAGE.value else None
+    images = pipeline.generate(prompts, negative_prompt=_NEGATIVE.value, num_images_per_prompt=_PER_PROMPT.value,
+                               height=_HEIGHT.value, width=_WIDTH.value, seed=_SEED.value,
+                               batch_size=_BATCH_SIZE.value, init_image=init_image, strength=_STRENGTH.value,
+                               progress=True)
+  except (ValueError, OSError, CheckpointError) as error:
+    raise app.UsageError(str(error)) from error
+  paths = save_images(images, _OUTPUT.value, _PER_PROMPT.value)
+  print(f"{len(images)} images of step {pipeline.step} ({images.shape[1]}x{images.shape[2]}) in "
+        f"{pathlib.Path(_OUTPUT.value).absolute()}; grid: {paths[-1]}")
+
+
+if __name__ == "__main__":
+  app.run(main)
