@@ -55,6 +55,15 @@ def param_shardings(abstract_params: Any, mesh: Mesh, rules: Rules) -> Any:
   return nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract_params), mesh, rules)
 
 
+def place_params(params: Any, abstract_params: Any, mesh: Mesh, rules: Rules) -> tuple[Any, Any]:
+  """Params whose full value every process holds (host or one-device arrays) -> global arrays sharded by the
+  logical names of `abstract_params`, each device receiving only its slice; also returns the shardings."""
+  shardings = param_shardings(abstract_params, mesh, rules)
+  placed = jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda index: x[index]),
+                        jax.tree.map(np.asarray, params), shardings)
+  return placed, shardings
+
+
 def sharded_fraction(abstract_params: Any, shardings: Any) -> float:
   """Fraction of parameter bytes that are split over more than one device."""
   leaves = jax.tree.leaves(nn.meta.unbox(abstract_params))

@@ -41,7 +41,7 @@ class DinoTeacher:
     return self.module.apply({"params": params}, images)
 
   def abstract_params(self) -> Any:
-    """Param shapes with their logical axes, for `parallel.param_shardings` (then `weights.hf.to_sharded`)."""
+    """Param shapes with their logical axes, for `parallel.place_params`."""
     return abstract_params(self.module)
 
 

@@ -61,7 +61,7 @@ class TextEncoder:
     return self.encode_prompts([""])
 
   def abstract_params(self) -> Any:
-    """Param shapes with their logical axes, for `parallel.param_shardings` (then `weights.hf.to_sharded`)."""
+    """Param shapes with their logical axes, for `parallel.place_params`."""
     return abstract_params(self.module)
 
 

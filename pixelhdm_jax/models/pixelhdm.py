@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from pixelhdm_jax.models import remat
-from pixelhdm_jax.models.blocks import (PatchBlock, PixelBlock, Rope, patch_residual_scale,
+from pixelhdm_jax.models.blocks import (PatchBlock, PixelBlock, patch_residual_scale,
                                         pixel_residual_scale)
 from pixelhdm_jax.models.embeddings import PatchEmbedding, PixelEmbedding, TimeEmbedding, unpatchify
 from pixelhdm_jax.models.layers import Dtype, RMSNorm, compute_dtype, dense

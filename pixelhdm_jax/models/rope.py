@@ -43,9 +43,13 @@ def rope_tables(positions: jax.Array, split: tuple[int, int, int], theta: float)
 
 
 def apply_rope(x: jax.Array, rope: tuple[jax.Array, jax.Array]) -> jax.Array:
-  """Rotates interleaved pairs (2j, 2j+1) of x (B, S, heads, head_dim) by the tables of `rope_tables`."""
-  cos, sin = rope[0][:, :, None, :], rope[1][:, :, None, :]
-  pairs = x.astype(jnp.float32).reshape(x.shape[:-1] + (x.shape[-1] // 2, 2))
-  even, odd = pairs[..., 0], pairs[..., 1]
-  rotated = jnp.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1)
-  return rotated.reshape(x.shape).astype(x.dtype)
+  """Rotates interleaved pairs (2j, 2j+1) of x (B, S, heads, head_dim) by the tables of `rope_tables`.
+
+  out = x * cos + swap(x) * sin with swap(x)_(2j, 2j+1) = (-x_(2j+1), x_(2j)) and cos/sin repeated per pair.
+  """
+  cos = jnp.repeat(rope[0], 2, axis=-1)[:, :, None, :]
+  sin = jnp.repeat(rope[1], 2, axis=-1)[:, :, None, :]
+  xf = x.astype(jnp.float32)
+  pairs = xf.reshape(x.shape[:-1] + (x.shape[-1] // 2, 2))
+  swapped = (pairs[..., ::-1] * jnp.array([-1.0, 1.0], jnp.float32)).reshape(x.shape)
+  return (xf * cos + swapped * sin).astype(x.dtype)

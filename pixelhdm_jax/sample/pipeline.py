@@ -40,7 +40,6 @@ from pixelhdm_jax.sample.guidance import Guidance, guided_velocity_fn
 from pixelhdm_jax.sample.images import load_init_image
 from pixelhdm_jax.train.checkpoint import load_for_inference
 from pixelhdm_jax.train.step import images_to_model_range
-from pixelhdm_jax.weights.hf import to_sharded
 
 DEFAULT_STRENGTH = 0.8  # image-to-image, as the original
 _BATCH_AXES = ("activation_batch",)
@@ -137,7 +136,7 @@ class Pipeline:
   """Text-to-image and image-to-image sampling of one PixelHDM network and its text encoder.
 
   `params` and `text_params` are placed already: on one device without `mesh`, or on `mesh` (replicated or
-  sharded by `config.mesh.logical_axis_rules`; `place_on_mesh`). With a mesh, batches are split over its
+  sharded by `config.mesh.logical_axis_rules`; `parallel.place_params`). With a mesh, batches are split over its
   batch axes (data, fsdp) and `generate` runs under `jax.set_mesh(mesh)` and the logical rules. Compiled
   loops are cached per (batch shape, sampler, steps, guidance settings).
   """
@@ -171,8 +170,8 @@ class Pipeline:
     text_params = None
     if mesh is not None:
       rules = parallel.logical_rules(config.mesh)
-      params = place_on_mesh(params, abstract_params(PixelHDM.from_config(config.model)), mesh, rules)
-      text_params = place_on_mesh(text_encoder.params, text_encoder.abstract_params(), mesh, rules)
+      params, _ = parallel.place_params(params, abstract_params(PixelHDM.from_config(config.model)), mesh, rules)
+      text_params, _ = parallel.place_params(text_encoder.params, text_encoder.abstract_params(), mesh, rules)
     return cls(config, params, text_encoder, text_params=text_params, mesh=mesh, step=step)
 
   def _context(self):
@@ -269,7 +268,3 @@ class Pipeline:
       return np.concatenate([np.asarray(images)[:count]
                              for images, count in tqdm(outputs, desc="sampling", unit="batch", disable=not progress)])
 
-
-def place_on_mesh(params: Any, abstract: Any, mesh: jax.sharding.Mesh, rules: parallel.Rules) -> Any:
-  """Params (host or one-device arrays, the full tree on every process) -> global arrays sharded by `rules`."""
-  return to_sharded(jax.tree.map(np.asarray, params), parallel.param_shardings(abstract, mesh, rules))

@@ -75,8 +75,6 @@ class RunCheckpoints:
     """Starts an (asynchronous) save of the state at `state.step`; returns whether a save was started."""
     step = int(state.step)
     train_state = {**state.checkpointed(), "rng": jax.random.key_data(rng)}
-    del train_state["params"]
-    train_state["repa_projector"] = state.params["repa_projector"]
     args = ocp.args.Composite(model=ocp.args.StandardSave(state.params["model"]),
                               ema=ocp.args.StandardSave(state.ema),
                               train_state=ocp.args.StandardSave(train_state),
@@ -101,18 +99,15 @@ class RunCheckpoints:
   def restore(self, step: int, abstract: TrainState, data_iterator: Any) -> tuple[TrainState, jax.Array]:
     """(state without encoders, base rng) of checkpoint `step`, in the shardings of `abstract`; the Grain
     iterator is restored in place."""
-    abstract_train_state = {**abstract.checkpointed(), "rng": jax.ShapeDtypeStruct((2,), "uint32",
-                                                                                   sharding=abstract.step.sharding)}
-    del abstract_train_state["params"]
-    abstract_train_state["repa_projector"] = abstract.params["repa_projector"]
+    key_data = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))  # depends on the PRNG impl
+    rng = jax.ShapeDtypeStruct(key_data.shape, key_data.dtype, sharding=abstract.step.sharding)
+    abstract_train_state = {**abstract.checkpointed(), "rng": rng}
     restored = self._restore(step, model=ocp.args.StandardRestore(abstract.params["model"]),
                              ema=ocp.args.StandardRestore(abstract.ema),
                              train_state=ocp.args.StandardRestore(abstract_train_state),
                              data=grain.checkpoint.CheckpointRestore(data_iterator))
     saved = restored["train_state"]
-    state = TrainState(step=saved["step"], params={"model": restored["model"], "repa_projector": saved["repa_projector"]},
-                       opt_state=saved["opt_state"], ema=restored["ema"], nonfinite=saved["nonfinite"],
-                       nonfinite_total=saved["nonfinite_total"], encoders=None)
+    state = TrainState.from_checkpoint(saved, restored["model"], restored["ema"])
     return state, jax.random.wrap_key_data(saved["rng"])
 
   def _restore(self, step: int, **items) -> Any:

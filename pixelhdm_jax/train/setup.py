@@ -23,7 +23,6 @@ from pixelhdm_jax.optim.optimizer import make_optimizer
 from pixelhdm_jax.train.state import (Networks, TrainState, abstract_state, create_train_state, replicated,
                                       state_shardings)
 from pixelhdm_jax.train.step import BATCH_KEYS, compile_train_step
-from pixelhdm_jax.weights.hf import to_sharded
 
 
 class Trainer(NamedTuple):
@@ -48,22 +47,15 @@ class Trainer(NamedTuple):
     return parallel.global_batch({key: local_batch[key] for key in BATCH_KEYS}, self.mesh, self.rules)
 
 
-def _place(params: Any, abstract: Any, mesh: Mesh, rules: parallel.Rules) -> tuple[Any, Any]:
-  """Frozen encoder params (host or device arrays) -> sharded global arrays, and their shardings."""
-  shardings = parallel.param_shardings(abstract, mesh, rules)
-  return to_sharded(jax.tree.map(np.asarray, params), shardings), shardings
-
-
 def build_trainer(config: ml_collections.ConfigDict, mesh: Mesh, rules: parallel.Rules) -> Trainer:
   text_encoder = build_text_encoder(config)
   teacher = build_dino_teacher(config) if config.loss.repa_lambda > 0 else None
   model = PixelHDM.from_config(config.model)
   networks = Networks(model, RepaProjector(teacher.feature_dim if teacher else 1), make_optimizer(config))
-  encoders, encoder_shardings = {}, {}
-  encoders["text"], encoder_shardings["text"] = _place(text_encoder.params, text_encoder.abstract_params(), mesh,
-                                                       rules)
-  if teacher is not None:
-    encoders["dino"], encoder_shardings["dino"] = _place(teacher.params, teacher.abstract_params(), mesh, rules)
+  frozen = {"text": text_encoder} if teacher is None else {"text": text_encoder, "dino": teacher}
+  placed = {name: parallel.place_params(e.params, e.abstract_params(), mesh, rules) for name, e in frozen.items()}
+  encoders = {name: params for name, (params, _) in placed.items()}
+  encoder_shardings = {name: shardings for name, (_, shardings) in placed.items()}
   shardings = state_shardings(networks, encoder_shardings, mesh, rules)
   batch_sharding = parallel.batch_sharding(mesh, rules)
   steps = {repa: compile_train_step(config, networks, text_encoder, teacher if repa else None, shardings,

@@ -36,10 +36,17 @@ class TrainState:
   encoders: Any  # {"text": Qwen3 params, "dino": DINOv3 params}: frozen, not checkpointed
 
   def checkpointed(self) -> dict:
-    """Everything a checkpoint holds, i.e. the state without the frozen encoders (and without the EMA,
-    which is its own checkpoint item)."""
-    return {"step": self.step, "params": self.params, "opt_state": self.opt_state,
+    """The `train_state` checkpoint item: all but the network weights and their EMA (items of their own) and
+    the frozen encoders (never saved)."""
+    return {"step": self.step, "repa_projector": self.params["repa_projector"], "opt_state": self.opt_state,
             "nonfinite": self.nonfinite, "nonfinite_total": self.nonfinite_total}
+
+  @classmethod
+  def from_checkpoint(cls, train_state: dict, model: Any, ema: Any) -> "TrainState":
+    """The inverse of `checkpointed` (encoders None: the caller adds them)."""
+    return cls(step=train_state["step"], params={"model": model, "repa_projector": train_state["repa_projector"]},
+               opt_state=train_state["opt_state"], ema=ema, nonfinite=train_state["nonfinite"],
+               nonfinite_total=train_state["nonfinite_total"], encoders=None)
 
 
 class Networks(NamedTuple):

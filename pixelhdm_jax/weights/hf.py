@@ -195,9 +195,3 @@ def load_params(abstract: Any, rules: Sequence[TensorRule], source: Mapping[str,
       node = node.setdefault(key, {})
     node[rule.path[-1]] = value
   return params
-
-
-def to_sharded(params: Any, shardings: Any) -> Any:
-  """Host arrays (the full tree, on every process) -> global arrays; each device gets only its own slice."""
-  return jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda index: x[index]),
-                      params, shardings)

@@ -15,7 +15,6 @@ from pixelhdm_jax import parallel
 from pixelhdm_jax.encoders.teacher import build_dino_teacher
 from pixelhdm_jax.encoders.text import build_text_encoder
 from pixelhdm_jax.encoders.tokenizers import ByteTokenizer, HFTokenizer, build_tokenizer
-from pixelhdm_jax.weights.hf import to_sharded
 from pixelhdm_jax.weights.hf_qwen3 import load_qwen3
 
 PROMPTS = ["a red cat", "", "x" * 100]
@@ -86,8 +85,8 @@ def test_sharded_encoders_match_unsharded(text_encoder, teacher, tiny_config):
   expected_features = teacher.features(teacher.params, images)
   text_shardings = parallel.param_shardings(text_encoder.abstract_params(), mesh, rules)
   assert parallel.sharded_fraction(text_encoder.abstract_params(), text_shardings) > 0.9
-  text_params = to_sharded(text_encoder.params, text_shardings)
-  dino_params = to_sharded(teacher.params, parallel.param_shardings(teacher.abstract_params(), mesh, rules))
+  text_params, _ = parallel.place_params(text_encoder.params, text_encoder.abstract_params(), mesh, rules)
+  dino_params, _ = parallel.place_params(teacher.params, teacher.abstract_params(), mesh, rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     text = jax.jit(text_encoder.encode)(text_params, ids, mask)
     features = jax.jit(teacher.features)(dino_params, images)

@@ -8,11 +8,10 @@ import pytest
 from configs import base
 from pixelhdm_jax import parallel
 from pixelhdm_jax.encoders.text import build_text_encoder
-from pixelhdm_jax.models.pixelhdm import PixelHDM
+from pixelhdm_jax.models.pixelhdm import PixelHDM, abstract_params
 from pixelhdm_jax.sample.guidance import Guidance
 from pixelhdm_jax.sample.images import image_grid
-from pixelhdm_jax.models.pixelhdm import abstract_params
-from pixelhdm_jax.sample.pipeline import Pipeline, place_on_mesh, tail_steps
+from pixelhdm_jax.sample.pipeline import Pipeline, tail_steps
 
 PROMPTS = ["a red circle", "a blue square"]
 FAST = dict(height=32, width=32, num_steps=2, sampler="euler", num_images_per_prompt=2)
@@ -101,8 +100,8 @@ def test_invalid_requests_name_the_problem(pipeline, prompts, kwargs, message):
 def test_sharded_equals_unsharded(pipeline, reference):
   mesh = jax.make_mesh((2, 2, 2), parallel.MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
   rules = parallel.logical_rules(pipeline.config.mesh)
-  params = place_on_mesh(pipeline.params, abstract_params(pipeline.model), mesh, rules)
-  text_params = place_on_mesh(pipeline.text_params, pipeline.text_encoder.abstract_params(), mesh, rules)
+  params, _ = parallel.place_params(pipeline.params, abstract_params(pipeline.model), mesh, rules)
+  text_params, _ = parallel.place_params(pipeline.text_params, pipeline.text_encoder.abstract_params(), mesh, rules)
   sharded = Pipeline(pipeline.config, params, pipeline.text_encoder, text_params=text_params, mesh=mesh)
   assert _max_difference(sharded.generate(PROMPTS, seed=0, **FAST), reference) == 0
 
