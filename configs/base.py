@@ -7,8 +7,10 @@ Pick a preset in the config string and override any field on the command line:
       --config.train.batch_size=64 --config.model.attention=cudnn
 
 Presets (parameter counts of the PixelHDM network, pinned by tests/test_model_params.py):
-  tiny     CPU, seconds per step: 64-wide, 2 patch + 2 pixel blocks, random tiny Qwen3 and
-           DINOv3, synthetic 32..64 px data. Needs no download.
+  tiny     CPU: 64-wide, 2 patch + 2 pixel blocks, random tiny Qwen3 and DINOv3, synthetic 32..64 px
+           shapes, batch 8, 300 steps. Needs no download. Measured on a 2-core CPU VM: about 2 minutes
+           (4 bucket compiles of ~4-20 s, then ~15 steps/s); loss 4.3 at step 10 -> ~1.3 at step 300;
+           writes checkpoints/, metrics.jsonl, tb/ and samples/step_00000300.png.
   small    44M (+0.5M text projection): 512-wide, 8 + 1 blocks, Qwen3-0.6B.
   default  356,364,355 parameters: the original's default (1024-wide, 16 + 4 blocks).
   large    676M: 1152-wide, 26 + 4 blocks, head_dim 72, mRoPE 16/28/28.
