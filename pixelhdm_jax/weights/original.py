@@ -1,10 +1,12 @@
-"""Maps an original PyTorch PixelHDM `state_dict` onto our Flax parameters (and back).
+"""Maps an original PyTorch PixelHDM `state_dict` onto our Flax parameters, and back.
 
 Names follow the original (see `../shared/fixtures/original_micro/params.json`): Linear weights are
 (out, in) and become Flax kernels (in, out); per-block tensors `patch_blocks.{i}.*` are stacked along a
 leading `layers` axis when the network scans its blocks. The original registers every attention projection
 twice (e.g. `attention.q_proj.weight` is an alias of `attention.qkv_proj.q_proj.weight`); aliases are
-accepted and must agree. Anything unknown, missing or mis-shaped is an error that names the tensor.
+accepted, must agree, and are dropped with a note, like the frozen encoders' weights. Anything unknown,
+missing or mis-shaped is an error that names the tensor. `export_state_dict` is the inverse (canonical
+names only), built from the same tables.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import re
 from typing import Any, Mapping
 
 import flax
-import jax
 import numpy as np
 
 # Per-block names: original suffix -> path inside our block (last element `kernel` = transposed Linear).
@@ -66,10 +67,20 @@ _TOP_LEVEL = {
     "output_proj.proj.weight": ("output_proj", "kernel"),
     "output_proj.proj.bias": ("output_proj", "bias"),
 }
-# Keys of the original's checkpoints that are not part of the network: frozen encoders and an unused projector.
-IGNORED_PREFIXES = ("_dino_encoder.", "_dino_projector.", "_text_encoder.", "text_encoder.", "dino_encoder.")
+# Keys of the original's checkpoints that are not part of the network, with what they hold.
+IGNORED_PREFIXES = {
+    "_dino_encoder.": "the frozen DINOv3 encoder",
+    "dino_encoder.": "the frozen DINOv3 encoder",
+    "_dino_projector.": "the original's unused (never trained) DINO MLP projector",
+    "_text_encoder.": "the frozen Qwen3 text encoder",
+    "text_encoder.": "the frozen Qwen3 text encoder",
+}
 
 _BLOCK_KEY = re.compile(r"^(patch_blocks|pixel_blocks)\.(\d+)\.(.+)$")
+_UNROLLED_BLOCK = re.compile(r"^(patch_blocks|pixel_blocks)_(\d+)$")
+_TOP_LEVEL_NAMES = {path: name for name, path in _TOP_LEVEL.items()}
+_BLOCK_NAMES = {stack: {path: suffix for suffix, path in table.items()}
+                for stack, table in (("patch_blocks", _PATCH_BLOCK), ("pixel_blocks", _PIXEL_BLOCK))}
 
 
 class OriginalWeightsError(ValueError):
@@ -86,18 +97,19 @@ def _canonical(name: str) -> str:
   return name
 
 
-def _flax_path(name: str, scan_layers: bool) -> tuple[tuple[str, ...], int | None]:
-  """(path in our params, layer index if the tensor belongs to a scanned block)."""
-  if name in _TOP_LEVEL:
-    return _TOP_LEVEL[name], None
-  match = _BLOCK_KEY.match(name)
-  table = {"patch_blocks": _PATCH_BLOCK, "pixel_blocks": _PIXEL_BLOCK}.get(match.group(1)) if match else None
-  if table is None or match.group(3) not in table:
-    raise KeyError(name)
-  stack, index, suffix = match.group(1), int(match.group(2)), match.group(3)
-  if scan_layers:
-    return (stack,) + table[suffix], index
-  return (f"{stack}_{index}",) + table[suffix], None
+def original_names(path: tuple[str, ...], shape: tuple[int, ...]) -> list[tuple[str, int | None]]:
+  """The original's tensors that make up our parameter `path` of `shape`: (name, index on the stacked
+  `layers` axis, or None). KeyError if the original has no counterpart (e.g. our `text_proj`)."""
+  if path in _TOP_LEVEL_NAMES:
+    return [(_TOP_LEVEL_NAMES[path], None)]
+  unrolled = _UNROLLED_BLOCK.match(path[0])
+  stack = unrolled.group(1) if unrolled else path[0]
+  suffix = _BLOCK_NAMES.get(stack, {}).get(path[1:])
+  if suffix is None:
+    raise KeyError("/".join(path))
+  if unrolled:
+    return [(f"{stack}.{unrolled.group(2)}.{suffix}", None)]
+  return [(f"{stack}.{i}.{suffix}", i) for i in range(shape[0])]
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -106,64 +118,99 @@ def _to_numpy(value: Any) -> np.ndarray:
   return np.asarray(value, np.float32)
 
 
+def _original_layout(path: tuple[str, ...], array: np.ndarray) -> np.ndarray:
+  """Flax kernels (in, out) <-> PyTorch Linear weights (out, in); everything else unchanged."""
+  return array.T if path[-1] == "kernel" else array
+
+
+def _collect(state_dict: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, str], list[str]]:
+  """(canonical name -> array, canonical name -> the key it came from, notes on the dropped keys)."""
+  tensors, sources, aliases = {}, {}, []
+  dropped: dict[str, list[str]] = {}
+  for name, value in state_dict.items():
+    prefix = next((p for p in IGNORED_PREFIXES if name.startswith(p)), None)
+    if prefix is not None:
+      dropped.setdefault(prefix, []).append(name)
+      continue
+    canonical = _canonical(name)
+    array = _to_numpy(value)
+    if canonical in tensors:
+      if not np.array_equal(tensors[canonical], array):
+        raise OriginalWeightsError(f"{name} is an alias of {sources[canonical]} but holds different values")
+      aliases.append(name if canonical != name else sources[canonical])
+      continue
+    tensors[canonical], sources[canonical] = array, name
+  notes = [f"dropped {len(names)} tensor{'s' if len(names) > 1 else ''} under {prefix}* "
+           f"({IGNORED_PREFIXES[prefix]}), e.g. {names[0]}" for prefix, names in dropped.items()]
+  if aliases:
+    notes.append(f"dropped {len(aliases)} attention alias keys (the original registers each projection twice; "
+                 f"the copies are identical), e.g. {aliases[0]}")
+  return tensors, sources, notes
+
+
 def import_state_dict(state_dict: Mapping[str, Any], abstract_params: Mapping[str, Any], *,
                       scan_layers: bool = True) -> tuple[dict, list[str]]:
   """Returns (Flax params shaped like `abstract_params`, notes on the keys that were dropped).
 
-  `abstract_params` is the `params` collection of `jax.eval_shape(model.init, ...)` (boxed or not).
+  `abstract_params` is the `params` collection of `jax.eval_shape(model.init, ...)` (boxed or not) of a
+  network built with `scan_layers`.
   """
   expected = flax.traverse_util.flatten_dict(flax.core.meta.unbox(dict(abstract_params)))
-  collected: dict[tuple[str, ...], dict[int | None, np.ndarray]] = {}
-  canonical_source: dict[str, str] = {}
-  unknown, notes, shape_errors = [], [], []
-  for name, value in state_dict.items():
-    if name.startswith(IGNORED_PREFIXES):
-      notes.append(f"dropped {name} (not part of the PixelHDM network)")
-      continue
-    canonical = _canonical(name)
-    try:
-      path, layer = _flax_path(canonical, scan_layers)
-    except KeyError:
-      unknown.append(name)
-      continue
-    array = _to_numpy(value)
-    if path[-1] == "kernel":
-      array = array.T
-    slot = collected.setdefault(path, {})
-    if layer in slot:
-      if not np.array_equal(slot[layer], array):
-        raise OriginalWeightsError(f"{name} is an alias of {canonical_source[canonical]} but holds different values")
-      continue
-    canonical_source[canonical] = name
-    slot[layer] = array
-  params, mis_shaped = {}, set()
+  if any(p[0] in _BLOCK_NAMES for p in expected) != scan_layers:
+    raise ValueError(f"abstract_params {'do not ' if scan_layers else ''}stack the blocks, but scan_layers="
+                     f"{scan_layers}")
+  tensors, sources, notes = _collect(state_dict)
+  layout, ours_only = {}, []  # original name -> (our path, stacked index, shape in the original's layout)
   for path, spec in expected.items():
-    if path not in collected:
+    try:
+      names = original_names(path, spec.shape)
+    except KeyError:
+      ours_only.append("/".join(path))
       continue
-    slot = collected.pop(path)
-    if None in slot:
-      array = slot[None]
-    else:
-      layers = spec.shape[0]
-      missing = sorted(set(range(layers)) - set(slot))
-      if missing or len(slot) != layers:
-        raise OriginalWeightsError(f"{'/'.join(path)}: layers {missing or sorted(set(slot) - set(range(layers)))} "
-                                   f"missing or extra in the state dict (the network has {layers})")
-      array = np.stack([slot[i] for i in range(layers)])
-    if array.shape != tuple(spec.shape):
-      mis_shaped.add(path)
-      shape_errors.append(f"{'/'.join(path)}: state dict gives {array.shape}, the network expects {tuple(spec.shape)}")
+    shape = tuple(spec.shape[1:] if names[0][1] is not None else spec.shape)
+    for name, index in names:
+      layout[name] = (path, index, shape[::-1] if path[-1] == "kernel" else shape)
+  unknown, shape_errors, arrays = [], [], {}
+  for name, array in tensors.items():
+    if name not in layout:
+      unknown.append(sources[name])
       continue
-    params[path] = array
-  missing = ["/".join(p) for p in expected if p not in params and p not in mis_shaped]
-  unknown += ["/".join(p) for p in collected]
+    path, index, shape = layout[name]
+    if array.shape != shape:
+      shape_errors.append(f"{sources[name]}: {array.shape} in the state dict, the network expects {shape}")
+      continue
+    arrays.setdefault(path, {})[index] = _original_layout(path, array)
+  missing = [name for name in layout if name not in tensors]
+  missing += [f"{path} (no counterpart in the original network)" for path in ours_only]
   problems = []
   if unknown:
     problems.append("unknown tensors: " + ", ".join(sorted(unknown)))
   if shape_errors:
-    problems.append("shape mismatches: " + "; ".join(shape_errors))
+    problems.append("shape mismatches: " + "; ".join(sorted(shape_errors)))
   if missing:
-    problems.append("missing parameters: " + ", ".join(sorted(missing)))
+    problems.append("missing tensors: " + ", ".join(sorted(missing)))
   if problems:
     raise OriginalWeightsError("the state dict does not fit the network: " + " | ".join(problems))
-  return flax.traverse_util.unflatten_dict(jax.tree.map(np.asarray, params)), notes
+  params = {path: slot[None] if None in slot else np.stack([slot[i] for i in range(len(slot))])
+            for path, slot in arrays.items()}
+  return flax.traverse_util.unflatten_dict(params), notes
+
+
+def export_state_dict(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Our network params (scanned or not) -> the original's state dict: canonical names, Linear weights
+  (out, in), float32. Raises OriginalWeightsError naming parameters the original cannot hold."""
+  state_dict, ours_only = {}, []
+  for path, value in flax.traverse_util.flatten_dict(flax.core.meta.unbox(dict(params))).items():
+    array = np.asarray(value, np.float32)
+    try:
+      names = original_names(path, array.shape)
+    except KeyError:
+      ours_only.append("/".join(path))
+      continue
+    for name, index in names:
+      state_dict[name] = np.ascontiguousarray(_original_layout(path, array if index is None else array[index]))
+  if ours_only:
+    raise OriginalWeightsError(
+        f"parameters without a counterpart in the original network: {', '.join(sorted(ours_only))} (text_proj "
+        "exists when model.text_dim != model.hidden_dim; the original feeds text unprojected)")
+  return state_dict
