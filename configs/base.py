@@ -251,7 +251,6 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     raise ValueError(f"unknown preset {preset!r} in the config string: choose one of {', '.join(PRESETS)} "
                      "(e.g. --config=configs/base.py:tiny)")
   config = ml_collections.ConfigDict()
-  config.preset = preset
   config.seed = 0
   config.model = _model(preset)
   config.text = _text(preset)

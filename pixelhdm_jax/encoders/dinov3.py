@@ -18,11 +18,10 @@ import jax.numpy as jnp
 
 from pixelhdm_jax.encoders.transformer import apply_rotate_half, layer_stack
 from pixelhdm_jax.kernels.attention import attention
-from pixelhdm_jax.models.layers import Dtype, dense
+from pixelhdm_jax.models.layers import ACTIVATION_AXES, Dtype, dense
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
 ACTIVATIONS = {"gelu": lambda x: nn.gelu(x, approximate=False), "silu": nn.silu}
 
 

@@ -20,9 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from pixelhdm_jax.encoders.transformer import apply_rotate_half, layer_stack
-from pixelhdm_jax.models.layers import Dtype, RMSNorm, SwiGLU, dense
+from pixelhdm_jax.models.layers import ACTIVATION_AXES, Dtype, RMSNorm, SwiGLU, dense
 
-ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,9 @@ Initializer = Callable[..., jax.Array]
 
 xavier_uniform = nn.initializers.xavier_uniform()
 
+# Logical axes of a (batch, sequence, width) activation at block boundaries.
+ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
+
 
 def dense(features: int, axes: tuple[str | None, str | None], *, name: str, dtype: Dtype,
           use_bias: bool = False, kernel_init: Initializer = xavier_uniform,

@@ -23,10 +23,9 @@ from pixelhdm_jax.models import remat
 from pixelhdm_jax.models.blocks import (PatchBlock, PixelBlock, patch_residual_scale,
                                         pixel_residual_scale)
 from pixelhdm_jax.models.embeddings import PatchEmbedding, PixelEmbedding, TimeEmbedding, unpatchify
-from pixelhdm_jax.models.layers import Dtype, RMSNorm, compute_dtype, dense
+from pixelhdm_jax.models.layers import ACTIVATION_AXES, Dtype, RMSNorm, compute_dtype, dense
 from pixelhdm_jax.models.rope import grid_positions, rope_tables, text_positions
 
-ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
 
 
 class PixelHDMOutput(NamedTuple):
