@@ -68,6 +68,7 @@ def _text(preset: str) -> ml_collections.ConfigDict:
   t = ml_collections.ConfigDict()
   t.max_length = 32 if preset == "tiny" else 256
   # random: a tiny Qwen3 (width model.text_dim) from a fixed seed with the byte tokenizer, no download;
+  # random_full: the same at Qwen3-0.6B's size (benchmarks, AOT compiles: launch/bench.py, launch/compile.py);
   # pretrained: a local Hugging Face Qwen3 directory (config.json, *.safetensors, tokenizer files) in `path`.
   t.source = "random" if preset == "tiny" else "pretrained"
   t.path = ""
@@ -81,8 +82,9 @@ def _text(preset: str) -> ml_collections.ConfigDict:
 def _dino(preset: str) -> ml_collections.ConfigDict:
   """The frozen DINOv3 ViT whose patch tokens are the iREPA targets (ViT-B/16 unless `tiny`)."""
   d = ml_collections.ConfigDict()
-  # random: a tiny DINOv3 (32 wide, 2 layers, patch 16) from a fixed seed; pretrained: `path` is a local
-  # Hugging Face directory (config.json + *.safetensors) or Meta's official .pth file.
+  # random: a tiny DINOv3 (32 wide, 2 layers, patch 16) from a fixed seed; random_full: ViT-B/16's size, random
+  # (benchmarks, AOT compiles); pretrained: `path` is a local Hugging Face directory (config.json +
+  # *.safetensors) or Meta's official .pth file.
   d.source = "random" if preset == "tiny" else "pretrained"
   d.path = ""
   d.hub_id = "facebook/dinov3-vitb16-pretrain-lvd1689m"  # gated on the hub; fetched only if allow_download

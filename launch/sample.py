@@ -19,6 +19,7 @@ from absl import app, flags, logging
 from PIL import Image
 
 from pixelhdm_jax import parallel
+from pixelhdm_jax.compilation_cache import configure_compilation_cache
 from pixelhdm_jax.sample.images import save_images
 from pixelhdm_jax.sample.pipeline import Pipeline
 from pixelhdm_jax.train.checkpoint import CheckpointError
@@ -58,6 +59,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity("warning")  # Orbax logs every restore at INFO; --verbosity=0 shows it
   prompts = _prompts()
+  configure_compilation_cache()
   overrides = {"sample.sampler": _SAMPLER.value, "sample.num_steps": _NUM_STEPS.value,
                "sample.guidance_scale": _GUIDANCE.value, "text.path": _TEXT_PATH.value}
   mesh = parallel.create_mesh(ml_collections.ConfigDict({"shape": (-1, 1, 1)}))

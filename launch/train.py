@@ -2,18 +2,28 @@
 
 The config string picks a preset (tiny, small, default, large); any field can be overridden, e.g.
 `--config.train.num_steps=1000 --config.train.batch_size=64`. Re-running with the same workdir resumes from
-its latest checkpoint. On several hosts run the same command on every host (one process per host).
+its latest checkpoint. On several hosts run the same command on every host (one process per host), with
+`--distributed` on a TPU VM pod slice or the coordinator flags where the cluster is not detected
+(docs/distributed.md).
 """
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from pixelhdm_jax import parallel
 from pixelhdm_jax.compilation_cache import configure_compilation_cache
+from pixelhdm_jax.config import ConfigError, check_backend
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with a preset, e.g. configs/base.py:tiny.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl, tb/ and samples/.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Start jax.distributed with auto-detection even when the "
+                                  "environment names no other process (TPU VM pod slices).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for clusters JAX does not "
+                                   "detect (with --num_processes and --process_id).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job (one per host).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -27,7 +37,12 @@ class _QuietLibraries:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  parallel.maybe_initialize_distributed()
+  parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                        force=_DISTRIBUTED.value)
+  try:
+    check_backend(_CONFIG.value, jax.default_backend())
+  except ConfigError as error:
+    raise app.UsageError(str(error)) from error
   configure_compilation_cache()
   from pixelhdm_jax.train.loop import train_and_evaluate  # after jax.distributed, which must come first
   logging.set_verbosity(logging.INFO)

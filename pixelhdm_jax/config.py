@@ -24,7 +24,9 @@ ZCLIP_MODES = ("zscore", "percentile")
 ZCLIP_CLIP_OPTIONS = ("adaptive_scaling", "mean")
 DATA_SOURCES = ("folder", "tfds", "synthetic")  # pixelhdm_jax/data/sources.py build_source
 DATA_SAMPLERS = ("random", "sequential", "buffered_shuffle")  # pixelhdm_jax/data/samplers.py
-ENCODER_SOURCES = ("random", "pretrained")  # pixelhdm_jax/encoders/text.py, teacher.py
+# pixelhdm_jax/encoders/text.py, teacher.py: random = tiny random encoders, random_full = random weights at the
+# real sizes (Qwen3-0.6B, DINOv3 ViT-B/16; benchmarks and AOT compiles), pretrained = loaded from `path`.
+ENCODER_SOURCES = ("random", "random_full", "pretrained")
 
 
 class ConfigError(ValueError):

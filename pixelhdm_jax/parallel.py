@@ -57,11 +57,17 @@ def param_shardings(abstract_params: Any, mesh: Mesh, rules: Rules) -> Any:
 
 def place_params(params: Any, abstract_params: Any, mesh: Mesh, rules: Rules) -> tuple[Any, Any]:
   """Params whose full value every process holds (host or one-device arrays) -> global arrays sharded by the
-  logical names of `abstract_params`, each device receiving only its slice; also returns the shardings."""
+  logical names of `abstract_params`, each device receiving only its slice; also returns the shardings.
+  Params that are global arrays already (e.g. initialised under the mesh) are resharded on the devices."""
+
+  def place(x, sharding):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return jax.device_put(x, sharding)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
   shardings = param_shardings(abstract_params, mesh, rules)
-  placed = jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda index: x[index]),
-                        jax.tree.map(np.asarray, params), shardings)
-  return placed, shardings
+  return jax.tree.map(place, params, shardings), shardings
 
 
 def sharded_fraction(abstract_params: Any, shardings: Any) -> float:
@@ -79,6 +85,13 @@ def sharded_fraction(abstract_params: Any, shardings: Any) -> float:
 def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
   """Sharding of batch arrays: the leading axis split by the `batch` rule (data and fsdp), the rest whole."""
   return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch",), rules))
+
+
+def batch_devices(mesh: Mesh, rules: Rules) -> int:
+  """How many devices the batch axis is split over (a global batch must be a multiple of it)."""
+  axes = batch_sharding(mesh, rules).spec[0]
+  axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+  return math.prod(mesh.shape[axis] for axis in axes)
 
 
 def global_batch(local_batch: Any, mesh: Mesh, rules: Rules) -> Any:

@@ -14,19 +14,20 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from pixelhdm_jax.config import ConfigError
 from pixelhdm_jax.encoders.dinov3 import DINOv3Arch, DINOv3ViT
 from pixelhdm_jax.models.layers import compute_dtype
 from pixelhdm_jax.weights.hf import resolve_checkpoint
 from pixelhdm_jax.weights.hf_dinov3 import abstract_params, load_dinov3
 
 DINOV3_FILES = "DINOv3 ViT-B/16 (a Hugging Face directory with config.json and *.safetensors, or Meta's .pth)"
-TINY_DINOV3_SEED = 1
+RANDOM_DINOV3_SEED = 1
 TINY_DINOV3 = DINOv3Arch(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=128, patch_size=16,
                          num_register_tokens=4)
 
 
 class DinoTeacher:
-  """Frozen DINOv3 ViT + its params."""
+  """Frozen DINOv3 ViT + its params (None when built for shapes only)."""
 
   def __init__(self, module: DINOv3ViT, params: Any):
     self.module = module
@@ -45,15 +46,25 @@ class DinoTeacher:
     return abstract_params(self.module)
 
 
-def build_dino_teacher(config: ml_collections.ConfigDict) -> DinoTeacher:
-  """The teacher of `config.dino`; attention runs with the kernel named by `config.model.attention`."""
+def build_dino_teacher(config: ml_collections.ConfigDict, *, with_params: bool = True) -> DinoTeacher:
+  """The teacher of `config.dino`; attention runs with the kernel named by `config.model.attention`.
+
+  `dino.source`: pretrained (loaded from `dino.path`), random (a tiny ViT) or random_full (ViT-B/16's shapes,
+  for benchmarks and AOT compiles), both from a fixed seed; `with_params=False` (random sources only) skips
+  creating the params.
+  """
   d = config.dino
   dtype = compute_dtype(d.compute_dtype)
   kernel = config.model.attention
-  if d.source == "random":
-    module = DINOv3ViT(TINY_DINOV3, kernel, dtype)
-    images = jnp.zeros((1, TINY_DINOV3.patch_size, TINY_DINOV3.patch_size, 3), jnp.float32)
-    params = jax.jit(module.init)(jax.random.PRNGKey(TINY_DINOV3_SEED), images)["params"]
+  if d.source in ("random", "random_full"):
+    arch = TINY_DINOV3 if d.source == "random" else DINOv3Arch()
+    module = DINOv3ViT(arch, kernel, dtype)
+    if not with_params:
+      return DinoTeacher(module, None)
+    images = jnp.zeros((1, arch.patch_size, arch.patch_size, 3), jnp.float32)
+    params = jax.jit(module.init)(jax.random.PRNGKey(RANDOM_DINOV3_SEED), images)["params"]
     return DinoTeacher(module, nn.unbox(params))
+  if not with_params:
+    raise ConfigError("a teacher without params (AOT compiles) needs dino.source=random or random_full")
   path = resolve_checkpoint(d, "dino", DINOV3_FILES)
   return DinoTeacher(*load_dinov3(path, kernel, dtype))

@@ -1,7 +1,9 @@
 """The text-conditioning API of training and sampling: prompts -> (hidden, mask, pooled).
 
 `build_text_encoder(config)` returns a `TextEncoder` holding the tokenizer, the frozen Qwen3 module and its
-float32 params. `encode(params, ids, mask)` is pure and jittable: the train step calls it inside its own
+float32 params: loaded (`text.source=pretrained`) or random from a fixed seed (`random`: a tiny Qwen3;
+`random_full`: Qwen3-0.6B's shapes, for benchmarks and AOT compiles on synthetic data).
+`encode(params, ids, mask)` is pure and jittable: the train step calls it inside its own
 `jax.jit` with (sharded) encoder params passed as an argument. `encode_prompts` is the host convenience for
 sampling, and `null_encoding` (the empty prompt, the CFG unconditional input) is computed once.
 """
@@ -23,7 +25,7 @@ from pixelhdm_jax.models.layers import compute_dtype
 from pixelhdm_jax.weights.hf import CheckpointError, read_config, resolve_checkpoint
 from pixelhdm_jax.weights.hf_qwen3 import ARCHITECTURES, MODEL_TYPE, abstract_params, arch_from_config, load_qwen3
 
-TINY_QWEN3_SEED = 0
+RANDOM_QWEN3_SEED = 0
 
 
 def tiny_qwen3_arch(text_dim: int) -> Qwen3Arch:
@@ -38,7 +40,7 @@ def tiny_qwen3_arch(text_dim: int) -> Qwen3Arch:
 
 
 class TextEncoder:
-  """Tokenizer + frozen Qwen3 encoder + its params."""
+  """Tokenizer + frozen Qwen3 encoder + its params (None when built for shapes only)."""
 
   def __init__(self, tokenizer: Tokenizer, module: Qwen3Encoder, params: Any):
     self.tokenizer = tokenizer
@@ -65,17 +67,22 @@ class TextEncoder:
     return abstract_params(self.module)
 
 
-def build_text_encoder(config: ml_collections.ConfigDict) -> TextEncoder:
+def build_text_encoder(config: ml_collections.ConfigDict, *, with_params: bool = True) -> TextEncoder:
   """The encoder of `config.text`, checked against `config.model.text_dim`.
 
+  `with_params=False` (random sources only) skips creating the params: an AOT compile needs shapes only.
   Raises `CheckpointError` for an unusable checkpoint (naming the field to set) and `ConfigError` when
   the checkpoint does not fit the config.
   """
   t = config.text
+  if not with_params and t.source == "pretrained":
+    raise ConfigError("a text encoder without params (AOT compiles) needs text.source=random or random_full")
   dtype = compute_dtype(t.compute_dtype)
   tokenizer = build_tokenizer(t)
   if t.source == "random":
     arch = tiny_qwen3_arch(config.model.text_dim)
+  elif t.source == "random_full":
+    arch = Qwen3Arch()
   else:
     path = resolve_checkpoint(t, "text", QWEN3_FILES)
     arch = arch_from_config(read_config(path, MODEL_TYPE, ARCHITECTURES))
@@ -88,10 +95,12 @@ def build_text_encoder(config: ml_collections.ConfigDict) -> TextEncoder:
   if tokenizer.vocab_size > arch.vocab_size:
     raise CheckpointError(f"the tokenizer has {tokenizer.vocab_size} tokens but the encoder's embedding only "
                           f"{arch.vocab_size}: text.path must hold a matching tokenizer")
-  if t.source == "random":
+  if t.source in ("random", "random_full"):
     module = Qwen3Encoder(arch, t.hidden_layer, dtype)
+    if not with_params:
+      return TextEncoder(tokenizer, module, None)
     ids = jnp.zeros((1, 1), jnp.int32)
-    params = jax.jit(module.init)(jax.random.PRNGKey(TINY_QWEN3_SEED), ids, ids)["params"]
+    params = jax.jit(module.init)(jax.random.PRNGKey(RANDOM_QWEN3_SEED), ids, ids)["params"]
     return TextEncoder(tokenizer, module, nn.unbox(params))
   module, params = load_qwen3(path, t.hidden_layer, dtype)
   return TextEncoder(tokenizer, module, params)

@@ -88,8 +88,8 @@ class HFTokenizer:
 
 
 def build_tokenizer(text: ml_collections.ConfigDict) -> Tokenizer:
-  """The tokenizer of `config.text`: bytes for the random tiny encoder, else the checkpoint's own."""
-  if text.source == "random":
+  """The tokenizer of `config.text`: bytes for the random encoders, else the checkpoint's own."""
+  if text.source in ("random", "random_full"):
     return ByteTokenizer(text.max_length)
   return HFTokenizer(resolve_checkpoint(text, "text", QWEN3_FILES),
                      text.max_length)

@@ -11,7 +11,9 @@ Kernels: `xla` (`jax.nn.dot_product_attention`, any backend), `cudnn` (cuDNN fla
 same function, GPU, bf16/fp16), `pallas_gpu` (Pallas Triton flash attention), `splash` (Pallas TPU splash
 attention); the Pallas kernels run inside `shard_map` and, off their backend, in interpret mode (tests).
 `auto` picks cudnn on GPU, splash on TPU, xla on CPU, and xla below `MIN_FUSED_LENGTH` tokens or for
-inputs the fused kernel cannot take. `pixelhdm_jax.config.check_backend` rejects impossible choices early.
+inputs the fused kernel cannot take; the platform is the one compiled for (`target.backend()`), so an AOT
+compile for a TPU on a CPU host gets splash. `pixelhdm_jax.config.check_backend` rejects impossible choices
+early.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from pixelhdm_jax import target
 from pixelhdm_jax.config import KERNEL_BACKENDS
 from pixelhdm_jax.kernels.sharded import run_sharded
 
@@ -92,7 +95,7 @@ def resolve(name: str, *, backend: str, length: int, head_dim: int, dtype) -> st
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None, *,
               kernel: str = "xla") -> jax.Array:
   """Runs the named kernel (contract in the module docstring); returns (B, S, Hq, D) in q's dtype."""
-  backend = jax.default_backend()
+  backend = target.backend()
   name = resolve(kernel, backend=backend, length=q.shape[1], head_dim=q.shape[-1], dtype=q.dtype)
   if name not in KERNELS:
     raise ValueError(f"attention kernel {name!r} is not available; known kernels: {sorted(KERNELS)} or auto")

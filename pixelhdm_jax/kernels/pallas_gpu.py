@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental.pallas.ops.gpu import attention as gpu_attention
 
+from pixelhdm_jax import target
 from pixelhdm_jax.kernels.padding import pad_sequence, round_up, segment_ids
 
 MAX_BLOCK = 128  # forward tile along both sequences (the kernel's default)
@@ -37,5 +38,5 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Arra
                                    block_q_dq=backward, block_kv_dq=backward)
   out = gpu_attention.mha(pad_sequence(q, padded), pad_sequence(k, padded), pad_sequence(v, padded),
                           segment_ids(key_mask, batch, length, padded), sm_scale=head_dim ** -0.5,
-                          block_sizes=sizes, interpret=jax.default_backend() != "gpu")
+                          block_sizes=sizes, interpret=target.backend() != "gpu")
   return out[:, :length]

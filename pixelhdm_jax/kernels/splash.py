@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash_kernel
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
 
+from pixelhdm_jax import target
 from pixelhdm_jax.kernels.padding import pad_sequence, round_up, segment_ids
 
 LANES = 128  # TPU tiles are multiples of 128 along the sequence
@@ -31,7 +32,7 @@ def _make_kernel(heads: int, length: int) -> splash_kernel.SplashAttentionKernel
                                    block_kv_dq=block)
   mask = splash_mask.MultiHeadMask([splash_mask.FullMask((length, length))] * heads)
   return splash_kernel.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                                       interpret=jax.default_backend() != "tpu")
+                                       interpret=target.backend() != "tpu")
 
 
 def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None) -> jax.Array:

@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pixelhdm_jax import target
+
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 
@@ -55,7 +57,7 @@ class SwiGLU(nn.Module):
 
 
 def compute_dtype(name: str) -> jnp.dtype:
-  """Resolves a config dtype name; `auto` is bfloat16 on GPU/TPU and float32 on CPU."""
+  """Resolves a config dtype name; `auto` is bfloat16 on GPU/TPU and float32 on CPU (`target.backend()`)."""
   if name == "auto":
-    return jnp.dtype(jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32)
+    return jnp.dtype(jnp.bfloat16 if target.backend() in ("gpu", "tpu") else jnp.float32)
   return jnp.dtype(name)

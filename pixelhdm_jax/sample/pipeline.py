@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import math
 import pathlib
 from typing import Any, Sequence
 
@@ -183,11 +182,7 @@ class Pipeline:
 
   def _batch_multiple(self) -> int:
     """Devices that one batch is split over."""
-    if self.mesh is None:
-      return 1
-    axes = parallel.batch_sharding(self.mesh, self.rules).spec[0]
-    axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
-    return math.prod(self.mesh.shape[axis] for axis in axes)
+    return 1 if self.mesh is None else parallel.batch_devices(self.mesh, self.rules)
 
   def _tokens(self, prompts: list[str], negatives: list[str], prompt_indices: np.ndarray) -> dict[str, np.ndarray]:
     """Token ids and masks (B, T) of the prompts and negative prompts of one batch."""
@@ -217,6 +212,35 @@ class Pipeline:
       params, text_params: other weights of the same networks (e.g. the EMA during training).
       progress: show a progress bar over batches.
     """
+    batches, static = self._plan(prompts, negative_prompt=negative_prompt,
+                                 num_images_per_prompt=num_images_per_prompt, height=height, width=width, seed=seed,
+                                 batch_size=batch_size, init_image=init_image, strength=strength, sampler=sampler,
+                                 num_steps=num_steps, guidance=guidance)
+    weights = (self.params if params is None else params, self.text_params if text_params is None else text_params)
+    outputs = []
+    with self._context():
+      for batch, count in batches:
+        outputs.append((self._sample_batch(*weights, batch, **static), count))
+      return np.concatenate([np.asarray(images)[:count]
+                             for images, count in tqdm(outputs, desc="sampling", unit="batch", disable=not progress)])
+
+  def lower(self, prompts: Sequence[str], **options) -> tuple[jax.stages.Lowered, tuple]:
+    """The sampling loop that `generate(prompts, **options)` runs on its first batch, lowered, and its
+    arguments: `lowered.compile()(*args)` runs it (benchmarks time the compile and read `memory_analysis()`)."""
+    params, text_params = options.pop("params", None), options.pop("text_params", None)
+    batches, static = self._plan(prompts, **options)
+    args = (self.params if params is None else params, self.text_params if text_params is None else text_params,
+            batches[0][0])
+    with self._context():
+      return self._sample_batch.lower(*args, **static), args
+
+  def _plan(self, prompts: Sequence[str], *, negative_prompt: str | Sequence[str] | None = None,
+            num_images_per_prompt: int = 1, height: int | None = None, width: int | None = None, seed: int = 0,
+            batch_size: int | None = None, init_image: Image.Image | np.ndarray | None = None,
+            strength: float | None = None, sampler: str | None = None, num_steps: int | None = None,
+            guidance: Guidance | None = None) -> tuple[list[tuple[dict[str, np.ndarray], int]], dict[str, Any]]:
+    """Checks a request (arguments as `generate`); returns its batches, each with the number of images it
+    contributes, and the static arguments of the compiled loop."""
     prompts = _as_list(prompts, "prompts")
     if not prompts:
       raise ValueError("prompts is empty: pass at least one prompt")
@@ -254,17 +278,12 @@ class Pipeline:
               "scale": scale}
     if init_image is not None:
       shared["init_image"] = init_image
-    outputs = []
-    with self._context():
-      for first in range(0, total, size):
-        indices = np.minimum(np.arange(first, first + size), total - 1)  # the last batch repeats its last image
-        batch = {**self._tokens(prompts, negatives, indices // num_images_per_prompt), **shared,
-                 "indices": indices.astype(np.int32)}
-        images = self._sample_batch(self.params if params is None else params,
-                                    self.text_params if text_params is None else text_params, batch,
-                                    height=height, width=width, sampler=sampler, num_steps=num_steps, shift=shift,
-                                    guidance=static_guidance)
-        outputs.append((images, min(size, total - first)))
-      return np.concatenate([np.asarray(images)[:count]
-                             for images, count in tqdm(outputs, desc="sampling", unit="batch", disable=not progress)])
-
+    batches = []
+    for first in range(0, total, size):
+      indices = np.minimum(np.arange(first, first + size), total - 1)  # the last batch repeats its last image
+      batch = {**self._tokens(prompts, negatives, indices // num_images_per_prompt), **shared,
+               "indices": indices.astype(np.int32)}
+      batches.append((batch, min(size, total - first)))
+    static = {"height": height, "width": width, "sampler": sampler, "num_steps": num_steps, "shift": shift,
+              "guidance": static_guidance}
+    return batches, static

@@ -70,10 +70,9 @@ class RunCheckpoints:
                               "they are unfinished or broken saves; move them away to start a new run")
     return step
 
-  def save(self, state: TrainState, rng: jax.Array, data_iterator: Any, config: ml_collections.ConfigDict, *,
-           force: bool = False) -> bool:
-    """Starts an (asynchronous) save of the state at `state.step`; returns whether a save was started."""
-    step = int(state.step)
+  def save(self, step: int, state: TrainState, rng: jax.Array, data_iterator: Any,
+           config: ml_collections.ConfigDict, *, force: bool = False) -> bool:
+    """Starts an (asynchronous) save labelled `step` (optimizer steps); returns whether a save was started."""
     train_state = {**state.checkpointed(), "rng": jax.random.key_data(rng)}
     args = ocp.args.Composite(model=ocp.args.StandardSave(state.params["model"]),
                               ema=ocp.args.StandardSave(state.ema),

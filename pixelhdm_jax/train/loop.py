@@ -4,6 +4,7 @@ The loop builds the mesh, the frozen encoders, the networks and the data, create
 restores the latest checkpoint into it), then runs one compiled step per bucket shape. Metrics leave the
 device one step late, so the host never stalls the device queue; they go to the progress bar, the console,
 `metrics.jsonl` and TensorBoard. Checkpoints are asynchronous; SIGTERM (preemption) saves and returns.
+Every process runs this loop (one per host); only process 0 writes metrics, sample grids and the bar.
 """
 
 from __future__ import annotations
@@ -34,13 +35,20 @@ class NonFiniteError(RuntimeError):
 
 
 class _Preemption:
-  """Remembers a SIGTERM so the loop can save and return at the next step boundary."""
+  """Remembers a SIGTERM so the loop can save and return at the next step boundary (one process only).
+
+  With several processes the handler stays out: JAX's preemption service (started by `jax.distributed`)
+  catches the signal and `reached_preemption(step)` makes every process save at the same step; a flag per
+  process could stop the hosts at different steps, one saving while another waits in a train step.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
 
   def __enter__(self):
+    if jax.process_count() > 1:
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread: preemption then comes only from the checkpoint manager
@@ -117,8 +125,9 @@ def _run(trainer, state, rng, loader, checkpoints, writer, preemption, workdir) 
   bar = tqdm(total=train.num_steps, initial=step // accum, unit="step", dynamic_ncols=True,
              disable=jax.process_index() != 0)
   while step < total:
-    if preemption.requested or checkpoints.manager.reached_preemption(step):
-      checkpoints.save(state, rng, loader, config, force=True)
+    # Preemption is honoured between optimizer steps, never inside a gradient accumulation.
+    if step % accum == 0 and (preemption.requested or checkpoints.manager.reached_preemption(step // accum)):
+      checkpoints.save(step // accum, state, rng, loader, config, force=True)
       logging.warning("preempted at step %d: checkpoint saved to %s", step, checkpoints.directory)
       break
     local = next(loader)
@@ -142,7 +151,7 @@ def _run(trainer, state, rng, loader, checkpoints, writer, preemption, workdir) 
     bar.update(1)
     opt_step = step // accum
     if opt_step % train.checkpoint_every == 0 or step == total:
-      checkpoints.save(state, rng, loader, config)
+      checkpoints.save(opt_step, state, rng, loader, config)
       pending.timed = False
     if train.sample_prompts and (step == total or (train.sample_every and opt_step % train.sample_every == 0)):
       logging.info("sample grid of step %d: %s", opt_step, sample_grids(state, opt_step))
@@ -174,7 +183,8 @@ def _report(config, pending: _Pending, timer: dict, writer: MetricWriter, bar) -
   timer["time"], timer["step"] = now, pending.step
   opt_step = pending.step // accum + 1
   bar.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
-  if opt_step % config.train.log_every == 0 or (pending.step + 1) == config.train.num_steps * accum:
+  last_micro_step = (pending.step + 1) % accum == 0
+  if last_micro_step and (opt_step % config.train.log_every == 0 or opt_step == config.train.num_steps):
     writer.scalars(opt_step, values)
     shown = ("loss", "loss_velocity", "loss_frequency", "loss_repa", "grad_norm", "lr", "images_per_s", "mfu")
     logging.info("step %d: %s", opt_step, ", ".join(f"{k}={values[k]:.4g}" for k in shown if k in values))

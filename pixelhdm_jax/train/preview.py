@@ -2,13 +2,15 @@
 
 One grid per call: a row per prompt, written to `<workdir>/samples/step_<step>.png` and to TensorBoard. The
 sampling pipeline (and its compiled loop) is built once and reused; the seed is fixed, so successive grids
-show how the same noise is denoised as training goes on.
+show how the same noise is denoised as training goes on. Every process samples (the loop is one program
+over all devices); only process 0 writes.
 """
 
 from __future__ import annotations
 
 import pathlib
 
+import jax
 import numpy as np
 
 from pixelhdm_jax.sample.images import image_grid
@@ -31,9 +33,10 @@ class SampleGrids:
     size = self.config.train.sample_size
     images = self.pipeline.generate(list(self.config.train.sample_prompts), height=size, width=size,
                                     seed=self.config.seed, params=state.ema, text_params=state.encoders["text"])
-    grid = image_grid(images, columns=len(images))
-    self.directory.mkdir(parents=True, exist_ok=True)
     path = self.directory / f"step_{step:08d}.png"
-    grid.save(path)
-    self.writer.image(step, "samples", np.asarray(grid))
+    if jax.process_index() == 0:
+      grid = image_grid(images, columns=len(images))
+      self.directory.mkdir(parents=True, exist_ok=True)
+      grid.save(path)
+      self.writer.image(step, "samples", np.asarray(grid))
     return path

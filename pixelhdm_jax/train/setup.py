@@ -2,7 +2,8 @@
 
 `build_trainer(config, mesh, rules)` builds the frozen encoders (placed sharded), the networks, the state
 shardings and the jitted train steps (REPA on and off); call it inside `jax.set_mesh(mesh)` and
-`nn.logical_axis_rules(rules)`.
+`nn.logical_axis_rules(rules)`. With `with_encoder_params=False` nothing is allocated: the encoders are
+shapes only, for ahead-of-time compiles (`pixelhdm_jax/aot.py`) on devices that may not exist here.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pixelhdm_jax.losses import RepaProjector
 from pixelhdm_jax.models.pixelhdm import PixelHDM
 from pixelhdm_jax.optim.optimizer import make_optimizer
 from pixelhdm_jax.train.state import (Networks, TrainState, abstract_state, create_train_state, replicated,
-                                      state_shardings)
+                                      state_shardings, strip_boxes)
 from pixelhdm_jax.train.step import BATCH_KEYS, compile_train_step
 
 
@@ -32,7 +33,7 @@ class Trainer(NamedTuple):
   networks: Networks
   text_encoder: TextEncoder
   teacher: DinoTeacher | None  # None when REPA is off for the whole run (loss.repa_lambda = 0)
-  encoders: dict[str, Any]  # frozen params, sharded
+  encoders: dict[str, Any]  # frozen params, sharded (ShapeDtypeStructs when built without encoder params)
   shardings: TrainState
   steps: dict[bool, Any]  # REPA on/off -> jitted train step
 
@@ -47,13 +48,26 @@ class Trainer(NamedTuple):
     return parallel.global_batch({key: local_batch[key] for key in BATCH_KEYS}, self.mesh, self.rules)
 
 
-def build_trainer(config: ml_collections.ConfigDict, mesh: Mesh, rules: parallel.Rules) -> Trainer:
-  text_encoder = build_text_encoder(config)
-  teacher = build_dino_teacher(config) if config.loss.repa_lambda > 0 else None
+def _abstract_encoder(encoder, mesh: Mesh, rules: parallel.Rules) -> tuple[Any, Any]:
+  """(ShapeDtypeStructs with shardings, shardings) of a frozen encoder built without params."""
+  abstract = encoder.abstract_params()
+  shardings = parallel.param_shardings(abstract, mesh, rules)
+  shapes = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), strip_boxes(abstract),
+                        shardings)
+  return shapes, shardings
+
+
+def build_trainer(config: ml_collections.ConfigDict, mesh: Mesh, rules: parallel.Rules, *,
+                  with_encoder_params: bool = True) -> Trainer:
+  text_encoder = build_text_encoder(config, with_params=with_encoder_params)
+  teacher = build_dino_teacher(config, with_params=with_encoder_params) if config.loss.repa_lambda > 0 else None
   model = PixelHDM.from_config(config.model)
   networks = Networks(model, RepaProjector(teacher.feature_dim if teacher else 1), make_optimizer(config))
   frozen = {"text": text_encoder} if teacher is None else {"text": text_encoder, "dino": teacher}
-  placed = {name: parallel.place_params(e.params, e.abstract_params(), mesh, rules) for name, e in frozen.items()}
+  if with_encoder_params:
+    placed = {name: parallel.place_params(e.params, e.abstract_params(), mesh, rules) for name, e in frozen.items()}
+  else:
+    placed = {name: _abstract_encoder(e, mesh, rules) for name, e in frozen.items()}
   encoders = {name: params for name, (params, _) in placed.items()}
   encoder_shardings = {name: shardings for name, (_, shardings) in placed.items()}
   shardings = state_shardings(networks, encoder_shardings, mesh, rules)

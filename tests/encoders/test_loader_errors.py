@@ -131,7 +131,7 @@ def test_checkpoint_that_does_not_fit_the_config(hf_qwen3, monkeypatch):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("text.source", "hub", r"text\.source='hub' is unknown: choose one of \('random', 'pretrained'\)"),
+    ("text.source", "hub", r"text\.source='hub' is unknown: choose one of \('random', 'random_full', 'pretrained'\)"),
     ("dino.compute_dtype", "fp8", r"dino\.compute_dtype='fp8' is unknown"),
     ("text.hidden_layer", 0, r"text\.hidden_layer=0 must be a negative Hugging Face hidden_states index"),
 ])

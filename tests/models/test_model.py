@@ -143,7 +143,7 @@ def test_bf16_compute_close_to_float32(tiny):
   low = bf16.apply({"params": params}, *inputs).velocity
   assert low.dtype == jnp.float32
   relative = float(jnp.linalg.norm(low - reference) / jnp.linalg.norm(reference))
-  assert relative < 2e-2, relative  # measured ~5e-3 on the tiny preset
+  assert relative < 3e-2, relative  # measured 1.0e-2 (relative L2 of the velocity) on the tiny preset
 
 
 def test_inits():

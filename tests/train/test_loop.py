@@ -70,6 +70,16 @@ def test_checkpoints_keep_and_config(straight_and_resumed):
   assert (straight / "tb").is_dir()
 
 
+def test_compile_time_and_count_are_logged(straight_and_resumed):
+  """One 32x32 bucket: one compile per run (metrics.jsonl `compile_s`, `compiled_programs`)."""
+  straight, resumed = straight_and_resumed
+  for workdir, runs in ((straight, 1), (resumed, 2)):
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    compiles = [line for line in lines if "compile_s" in line]
+    assert [line["compiled_programs"] for line in compiles] == [1] * runs
+    assert all(line["compile_s"] > 0 for line in compiles)
+
+
 def test_corrupt_checkpoint_is_a_loud_error(straight_and_resumed, tmp_path):
   import shutil
   _, resumed = straight_and_resumed
@@ -136,3 +146,21 @@ def test_resume_on_a_different_mesh(straight_and_resumed, tmp_path):
   assert 7 in {m["step"] for m in _metrics(workdir)}
   restored = _checkpoint(workdir, 6)
   _assert_trees_equal(restored, _checkpoint(straight, 6))
+
+
+def test_gradient_accumulation_counts_optimizer_steps_and_resumes(tmp_path):
+  """With 2 micro-steps per optimizer step, checkpoints and logs are labelled in optimizer steps, and a
+  resume between optimizer steps continues exactly."""
+  def config(num_steps):
+    c = tiny_run_config(num_steps=num_steps, checkpoint_every=2)
+    c.optim.grad_accum_steps = 2
+    return c
+  straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+  train_and_evaluate(config(4), straight)
+  train_and_evaluate(config(2), resumed)
+  train_and_evaluate(config(4), resumed)
+  assert sorted(int(p.name) for p in (straight / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
+  assert [m["step"] for m in _metrics(straight)] == [1, 2, 3, 4]  # one line per optimizer step
+  restored = _checkpoint(straight, 4)
+  assert int(restored["train_state"]["step"]) == 8  # micro-steps
+  _assert_trees_equal(restored, _checkpoint(resumed, 4))

@@ -1,0 +1,44 @@
+r"""The GPU benchmark in one command: `default` at 512 and 256, each GPU attention kernel, train and sample, bf16.
+
+  python launch/gpu_bench.py --output_dir=/tmp/gpu_bench            # budgeted to ~8 minutes (--budget_s)
+  python launch/gpu_bench.py --dry_run --output_dir=/tmp/gpu_dry     # the same path, tiny preset, CPU
+
+Each run is one `launch/bench.py` process (train: batch 32 at 512 and 64 at 256, 10 timed steps; sample:
+batch 8, Heun 50 steps with CFG, 3 timed loops). Runs go in order 512 before 256, train before sample,
+cudnn, xla, pallas_gpu; runs that no longer fit --budget_s are listed as skipped (rerun them with e.g.
+--sizes=256). Prints the table and writes one JSON per run, summary.json and summary.md to --output_dir.
+"""
+
+from absl import app, flags
+
+from pixelhdm_jax import bench_suite
+
+_OUTPUT = flags.DEFINE_string("output_dir", "/tmp/pixelhdm_gpu_bench", "Folder for the JSONs, logs and summary.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Tiny preset, 64 and 32 px, kernel xla, 2 steps: checks the script "
+                             "on a CPU.")
+_SIZES = flags.DEFINE_list("sizes", None, "Square image sizes, in order (default 512,256; dry run 64,32).")
+_KERNELS = flags.DEFINE_list("kernels", None, "Attention kernels (default cudnn,xla,pallas_gpu; dry run xla).")
+_MODES = flags.DEFINE_list("modes", ["train", "sample"], "train and/or sample.")
+_REMAT = flags.DEFINE_list("remat_policies", [], "Remat policies of the train runs (default: the preset's).")
+_BUDGET = flags.DEFINE_float("budget_s", 450.0, "Wall-clock budget; runs that no longer fit are skipped.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  dry = _DRY_RUN.value
+  preset = "tiny" if dry else "default"
+  sizes = [int(s) for s in _SIZES.value or (("64", "32") if dry else ("512", "256"))]
+  train_batch = {size: 8 if dry else (32 if size >= 512 else 64) for size in sizes}
+  runs = bench_suite.plan(sizes, _KERNELS.value or (("xla",) if dry else bench_suite.GPU_KERNELS), _MODES.value,
+                          _REMAT.value, train_batch, sample_batch=8)
+  steps = {"train": 2, "sample": 1} if dry else {"train": 10, "sample": 3}
+  overrides = ("--config.sample.num_steps=2", "--warmup=1") if dry else ()
+  records = bench_suite.run_all(runs, preset=preset, steps=steps, output_dir=_OUTPUT.value, budget_s=_BUDGET.value,
+                                overrides=overrides)
+  print(bench_suite.summarize(records, _OUTPUT.value))
+  print(f"results in {_OUTPUT.value}/ (summary.md, summary.json, one JSON and log per run)")
+
+
+if __name__ == "__main__":
+  app.run(main)

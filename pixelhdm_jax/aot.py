@@ -1,0 +1,173 @@
+"""Ahead-of-time compilation of the train step for a target topology, and memory of compiled programs.
+
+`compile_train_step(config, devices, ...)` builds the trainer with shapes only (no array is allocated),
+lowers the train step with `jax.ShapeDtypeStruct`s for state, batch and RNG, compiles it and reports the
+compiler's memory per device (maxtext's train_compile). With the devices of a TPU topology description
+(`topology_devices("v5p-256")`, which needs libtpu but no TPU) this runs on a CPU host and fails, at
+compile time, the way the pod would: out of memory, or a sharding that does not divide. Hardware-dependent
+choices (`auto` kernel and dtype, Pallas interpret mode) follow the target platform (`target.py`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from pixelhdm_jax import parallel, target
+from pixelhdm_jax.config import check_backend, validate
+from pixelhdm_jax.train.setup import Trainer, build_trainer
+
+
+class TpuSlice(NamedTuple):
+  """How libtpu names a slice (`jax.experimental.topologies.get_topology_desc` arguments)."""
+  topology: str  # "<generation>:<chips per dimension>"
+  chip_config: str  # "megacore" (v4, v5p: one device per chip) or "default"
+  chips_per_host: tuple[int, int, int]
+  wrap: tuple[bool, bool, bool]  # torus links per dimension
+
+
+_NO_WRAP, _TORUS = (False, False, False), (True, True, True)
+# Cloud TPU slice names (accelerator types) -> libtpu topologies; any other slice can be given as
+# "<generation>:<shape>", e.g. "v5:4x4x8" (v5p-256).
+TPU_SLICES = {
+    **{f"v4-{2 * n}": TpuSlice(f"v4:{shape}", "megacore", (2, 2, 1), _TORUS if n >= 64 else _NO_WRAP)
+       for n, shape in ((4, "2x2x1"), (8, "2x2x2"), (16, "2x2x4"), (32, "2x4x4"), (64, "4x4x4"), (128, "4x4x8"))},
+    **{f"v5p-{2 * n}": TpuSlice(f"v5:{shape}", "megacore", (2, 2, 1), _TORUS if n >= 64 else _NO_WRAP)
+       for n, shape in ((4, "2x2x1"), (8, "2x2x2"), (16, "2x2x4"), (32, "2x4x4"), (64, "4x4x4"), (128, "4x4x8"))},
+    **{f"v5e-{n}": TpuSlice(f"v5e:{shape}", "default", (2, 2, 1), wrap)
+       for n, shape, wrap in ((16, "4x4", _NO_WRAP), (32, "4x8", _NO_WRAP), (64, "8x8", _NO_WRAP),
+                              (128, "8x16", (False, True, False)), (256, "16x16", (True, True, False)))},
+    **{f"v6e-{n}": TpuSlice(f"v6e:{shape}", "default", bounds, wrap)
+       for n, shape, bounds, wrap in ((1, "1x1", (1, 1, 1), _NO_WRAP), (4, "2x2", (2, 2, 1), _NO_WRAP),
+                                      (8, "2x4", (2, 2, 1), _NO_WRAP), (16, "4x4", (2, 2, 1), _NO_WRAP),
+                                      (32, "4x8", (2, 2, 1), _NO_WRAP), (64, "8x8", (2, 2, 1), _NO_WRAP),
+                                      (256, "16x16", (2, 2, 1), (True, True, False)))},
+}
+LOCAL = "local"  # this process's own devices (e.g. 8 simulated CPU devices in tests)
+
+
+class CompileError(RuntimeError):
+  """The target cannot be compiled for here (no libtpu, unknown topology); the message says what to do."""
+
+
+def tpu_slice(name: str) -> TpuSlice:
+  """The slice of a Cloud TPU name (`v5p-256`) or a raw libtpu topology (`v5:4x4x8`)."""
+  if name in TPU_SLICES:
+    return TPU_SLICES[name]
+  generation, _, shape = name.partition(":")
+  if not shape or not all(part.isdigit() for part in shape.split("x")):
+    raise CompileError(f"unknown TPU topology {name!r}: use a slice name ({', '.join(TPU_SLICES)}) or a libtpu "
+                       "topology '<generation>:<shape>' such as 'v5:4x4x8' or 'v6e:16x16'")
+  chip_config = "megacore" if generation in ("v4", "v5", "v5p") else "default"
+  return TpuSlice(name, chip_config, (2, 2, 1), _NO_WRAP)
+
+
+def topology_devices(name: str, num_slices: int = 1) -> tuple[list[jax.Device], str]:
+  """(compile-only devices, platform) of a TPU topology; `local` gives this process's devices."""
+  if name == LOCAL:
+    return list(jax.devices()), jax.default_backend()
+  spec = tpu_slice(name)
+  try:
+    from jax.experimental import topologies  # experimental: imported only when a TPU topology is asked for
+  except ImportError as error:
+    raise CompileError(f"JAX {jax.__version__} has no jax.experimental.topologies: {error}") from error
+  try:
+    description = topologies.get_topology_desc(topology_name=spec.topology, platform="tpu",
+                                               chip_config_name=spec.chip_config,
+                                               chips_per_host_bounds=spec.chips_per_host, num_slices=num_slices,
+                                               wrap=spec.wrap)
+  except (RuntimeError, NotImplementedError, ValueError) as error:
+    raise CompileError(f"cannot describe TPU topology {name!r} ({spec.topology}) on this host: "
+                       f"{type(error).__name__}: {error}. Install libtpu (pip install 'jax[tpu]'), which "
+                       "compiles for TPUs without one; or use --topology=local") from error
+  return list(description.devices), "tpu"
+
+
+class ProgramMemory(NamedTuple):
+  """Bytes per device of a compiled program (`compiled.memory_analysis()`)."""
+  argument_bytes: int
+  output_bytes: int
+  alias_bytes: int  # outputs written in place of donated arguments
+  temp_bytes: int
+  code_bytes: int
+
+  @property
+  def peak_bytes(self) -> int:
+    """Device memory while the program runs: its arguments, its outputs not written over donated arguments,
+    and the temporary buffer (one allocation on GPU and TPU)."""
+    return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+
+  def as_dict(self) -> dict[str, int]:
+    return {**self._asdict(), "peak_bytes": self.peak_bytes}
+
+
+def program_memory(compiled: Any) -> ProgramMemory | None:
+  """Memory of a compiled program per device; None on backends without a memory analysis."""
+  try:
+    stats = compiled.memory_analysis()
+  except (NotImplementedError, jax.errors.JaxRuntimeError):
+    return None
+  if stats is None:
+    return None
+  parts = (stats.argument_size_in_bytes, stats.output_size_in_bytes, stats.alias_size_in_bytes,
+           stats.temp_size_in_bytes)
+  return ProgramMemory(*(int(x) for x in parts), int(stats.generated_code_size_in_bytes))
+
+
+def random_encoders(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` whose pretrained encoders are random at their real size (`random_full`): benchmarks
+  and AOT compiles on synthetic data need their shapes and cost, not their weights."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for section in (config.text, config.dino):
+    if section.source == "pretrained":
+      section.source = "random_full"
+  return config
+
+
+def abstract_batch(trainer: Trainer, batch_size: int, height: int, width: int) -> dict[str, jax.ShapeDtypeStruct]:
+  """ShapeDtypeStructs (with the batch sharding) of a global train batch."""
+  sharding = parallel.batch_sharding(trainer.mesh, trainer.rules)
+  text_length = trainer.config.text.max_length
+  shapes = {"images": ((batch_size, height, width, 3), jnp.uint8), "token_ids": ((batch_size, text_length), jnp.int32),
+            "token_mask": ((batch_size, text_length), jnp.bool_)}
+  return {key: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for key, (shape, dtype) in shapes.items()}
+
+
+def check_batch(batch_size: int, mesh: jax.sharding.Mesh, rules: parallel.Rules) -> None:
+  """Raises ValueError unless `batch_size` splits evenly over the batch axes of `mesh`."""
+  devices = parallel.batch_devices(mesh, rules)
+  if batch_size % devices:
+    raise ValueError(f"batch_size={batch_size} does not split over the {devices} devices of the batch axes "
+                     f"(mesh {dict(mesh.shape)}): use a multiple of {devices}")
+
+
+def compile_train_step(config: ml_collections.ConfigDict, devices: Sequence[jax.Device], *, platform: str,
+                       height: int, width: int, batch_size: int) -> dict[str, Any]:
+  """Compiles the train step (REPA on, the larger program, unless REPA is off) for `devices` from shapes only;
+  returns the report (compile time, memory per device, mesh, batch)."""
+  config = validate(random_encoders(config))
+  check_backend(config, platform)
+  mesh = parallel.create_mesh(config.mesh, devices)
+  rules = parallel.logical_rules(config.mesh)
+  check_batch(batch_size, mesh, rules)
+  with target.compiling_for(platform), jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    trainer = build_trainer(config, mesh, rules, with_encoder_params=False)
+    repa = True in trainer.steps
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=trainer.shardings.step)
+    started = time.perf_counter()
+    lowered = trainer.steps[repa].lower(trainer.abstract_state(), abstract_batch(trainer, batch_size, height, width),
+                                        rng)
+    compiled = lowered.compile()
+    seconds = time.perf_counter() - started
+  memory = program_memory(compiled)
+  return {"platform": platform, "device_kind": devices[0].device_kind, "num_devices": len(devices),
+          "mesh": dict(mesh.shape), "height": height, "width": width, "batch_size": batch_size,
+          "batch_per_shard": batch_size // parallel.batch_devices(mesh, rules), "repa": repa,
+          "attention": config.model.attention, "remat_policy": config.model.remat_policy, "compile_s": seconds,
+          "memory_per_device": None if memory is None else memory.as_dict()}

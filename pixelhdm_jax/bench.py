@@ -1,0 +1,219 @@
+"""Train-step and sampling throughput on synthetic data (`launch/bench.py`).
+
+`run(config, mode=..., height=..., width=..., batch_size=...)` builds what training (`build_trainer`) or
+sampling (`Pipeline`) builds, compiles once (timed apart, `compile_s`), runs `warmup` untimed steps, then
+`steps` timed ones, each ended by `block_until_ready`. A train step is one micro-step on a fixed batch
+with REPA on (the costlier program of the first `loss.repa_early_stop` steps); a sample step is one whole
+sampling loop (`config.sample`: solver, steps, guidance) for `batch_size` images.
+
+Reported (`RESULT_KEYS`): the median step time, images/s, model TFLOP/s per device and MFU from the
+analytic counter (`flops.py`: the PixelHDM network only, 3x forward for training, remat recompute not
+counted), the same with the frozen encoders' forward added (`*_with_encoders`: Qwen3 on the prompts,
+DINOv3 on the images while REPA is on), the compiled program's memory per device
+(`peak_memory_bytes` = argument + output - donated alias + temp, `aot.program_memory`) and, on GPU/TPU, the
+allocator's peak since the process started (`device_peak_bytes`). Pretrained encoders are replaced by
+random ones of the same size (`text/dino.source=random_full`): their weights do not change the cost.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import statistics
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from pixelhdm_jax import aot, flops, parallel
+from pixelhdm_jax.config import check_backend, validate
+from pixelhdm_jax.encoders.text import build_text_encoder
+from pixelhdm_jax.kernels.attention import resolve
+from pixelhdm_jax.models.layers import compute_dtype
+from pixelhdm_jax.models.pixelhdm import PixelHDM, abstract_params, example_inputs
+from pixelhdm_jax.sample import solvers
+from pixelhdm_jax.sample.guidance import Guidance
+from pixelhdm_jax.sample.pipeline import Pipeline, check_size
+from pixelhdm_jax.train.setup import build_trainer
+
+MODES = ("train", "sample")
+RESULT_KEYS = ("mode", "height", "width", "batch_size", "steps", "compile_s", "step_time_s", "images_per_s",
+               "tflops_per_device", "tflops_per_device_with_encoders", "mfu", "mfu_with_encoders",
+               "peak_memory_bytes", "device_peak_bytes", "device_kind", "num_devices", "config")
+
+
+def synthetic_prompts(count: int) -> list[str]:
+  return [f"a synthetic benchmark prompt, number {i}" for i in range(count)]
+
+
+def synthetic_batch(tokenizer, batch_size: int, height: int, width: int, seed: int) -> dict[str, np.ndarray]:
+  """A train batch of random uint8 images and tokenised prompts (this process's share)."""
+  images = np.random.default_rng(seed).integers(0, 256, (batch_size, height, width, 3), dtype=np.uint8)
+  ids, mask = tokenizer(synthetic_prompts(batch_size))
+  return {"images": images, "token_ids": ids, "token_mask": mask}
+
+
+def _text_shape(text_encoder, hidden_layer: int) -> flops.EncoderShape:
+  a = text_encoder.module.arch
+  return flops.EncoderShape(layers=a.layers_run(hidden_layer), hidden=a.hidden_size, mlp_hidden=a.intermediate_size,
+                            num_heads=a.num_heads, num_kv_heads=a.num_kv_heads, head_dim=a.head_dim, gated_mlp=True)
+
+
+def _dino_shape(teacher) -> flops.EncoderShape:
+  a = teacher.module.arch
+  return flops.EncoderShape(layers=a.num_layers, hidden=a.hidden_size, mlp_hidden=a.intermediate_size,
+                            num_heads=a.num_heads, num_kv_heads=a.num_heads, head_dim=a.head_dim,
+                            gated_mlp=a.gated_mlp)
+
+
+def _timed(step: Callable[[], Any], steps: int, warmup: int) -> list[float]:
+  """Seconds of each of `steps` calls of `step` (which blocks until its outputs are ready), after `warmup`."""
+  for _ in range(warmup):
+    step()
+  times = []
+  for _ in range(steps):
+    started = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - started)
+  return times
+
+
+def _train(config, mesh, rules, height, width, batch_size, steps, warmup) -> dict[str, Any]:
+  trainer = build_trainer(config, mesh, rules)
+  init_rng, rng = jax.random.split(jax.random.key(config.seed))
+  state = trainer.new_state(init_rng)
+  local = synthetic_batch(trainer.text_encoder.tokenizer, batch_size // jax.process_count(), height, width,
+                          seed=jax.process_index())
+  batch = trainer.global_batch(local)
+  repa = True in trainer.steps
+  started = time.perf_counter()
+  compiled = trainer.steps[repa].lower(state, batch, rng).compile()
+  compile_s = time.perf_counter() - started
+  holder = {"state": state}
+
+  def step():
+    holder["state"], metrics = compiled(holder["state"], batch, rng)
+    jax.block_until_ready((holder["state"], metrics))
+
+  times = _timed(step, steps, warmup)
+  text_length = config.text.max_length
+  encoder = flops.text_encoder_flops(text_length, _text_shape(trainer.text_encoder, config.text.hidden_layer))
+  if repa:
+    encoder += flops.dino_flops(height, width, _dino_shape(trainer.teacher))
+  return {"compile_s": compile_s, "times": times, "compiled": compiled, "repa": repa,
+          "model_flops": batch_size * flops.train_step_flops(config.model, height, width, text_length),
+          "encoder_flops": batch_size * encoder}
+
+
+def _sample(config, mesh, rules, height, width, batch_size, steps, warmup) -> dict[str, Any]:
+  model = PixelHDM.from_config(config.model)
+  shardings = parallel.param_shardings(abstract_params(model), mesh, rules)
+  init = lambda key: nn.meta.unbox(model.init(key, *example_inputs(model))["params"])  # noqa: E731
+  params = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
+  text_encoder = build_text_encoder(config)
+  text_params, _ = parallel.place_params(text_encoder.params, text_encoder.abstract_params(), mesh, rules)
+  pipeline = Pipeline(config, params, text_encoder, text_params=text_params, mesh=mesh)
+  lowered, args = pipeline.lower(synthetic_prompts(batch_size), height=height, width=width, batch_size=batch_size)
+  started = time.perf_counter()
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - started
+  times = _timed(lambda: jax.block_until_ready(compiled(*args)), steps, warmup)
+  s = config.sample
+  evaluations = solvers.num_evaluations(s.sampler, s.num_steps)
+  passes = 1 if Guidance.from_config(s).is_off else 2  # guided: conditional and unconditional in one batch
+  text_length = config.text.max_length
+  forward = flops.forward_flops(config.model, height, width, text_length).total
+  encoder = 2 * flops.text_encoder_flops(text_length, _text_shape(text_encoder, config.text.hidden_layer))
+  return {"compile_s": compile_s, "times": times, "compiled": compiled, "sampler": s.sampler,
+          "num_steps": s.num_steps, "network_passes": evaluations * passes,
+          "model_flops": batch_size * evaluations * passes * forward, "encoder_flops": batch_size * encoder}
+
+
+def device_peak_bytes() -> int | None:
+  """The allocator's peak over this process's devices (GPU/TPU), None where `memory_stats` is absent."""
+  peaks = [(device.memory_stats() or {}).get("peak_bytes_in_use") for device in jax.local_devices()]
+  peaks = [peak for peak in peaks if peak is not None]
+  return max(peaks) if peaks else None
+
+
+def run(config: ml_collections.ConfigDict, *, mode: str, height: int, width: int, batch_size: int,
+        steps: int = 10, warmup: int = 2, pretrained_encoders: bool = False) -> dict[str, Any]:
+  """Benchmarks `mode` (train or sample) on synthetic data; returns the result (`RESULT_KEYS` and more)."""
+  if mode not in MODES:
+    raise ValueError(f"mode={mode!r} is unknown: choose one of {MODES}")
+  if steps < 1 or warmup < 0:
+    raise ValueError(f"steps={steps} must be >= 1 and warmup={warmup} >= 0")
+  config = validate(config if pretrained_encoders else aot.random_encoders(config))
+  check_backend(config, jax.default_backend())
+  check_size(config.model, height, width)
+  mesh = parallel.create_mesh(config.mesh)
+  rules = parallel.logical_rules(config.mesh)
+  aot.check_batch(batch_size, mesh, rules)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    measured = (_train if mode == "train" else _sample)(config, mesh, rules, height, width, batch_size, steps,
+                                                        warmup)
+  return _result(config, mode, mesh, height, width, batch_size, measured)
+
+
+def _result(config, mode, mesh, height, width, batch_size, measured) -> dict[str, Any]:
+  times = measured.pop("times")
+  memory = aot.program_memory(measured.pop("compiled"))
+  step_time = statistics.median(times)
+  model_flops, encoder_flops = measured.pop("model_flops"), measured.pop("encoder_flops")
+  devices = jax.devices()
+  kind, count = devices[0].device_kind, len(devices)
+  per_device = lambda total: total / step_time / count / 1e12  # noqa: E731
+  m = config.model
+  dtype = compute_dtype(m.compute_dtype)
+  sequence = (height // m.patch_size) * (width // m.patch_size) + config.text.max_length
+  kernel = resolve(m.attention, backend=jax.default_backend(), length=sequence, head_dim=m.hidden_dim // m.num_heads,
+                   dtype=dtype)
+  return {
+      "mode": mode, "height": height, "width": width, "batch_size": batch_size, "steps": len(times),
+      "compile_s": measured.pop("compile_s"), "step_time_s": step_time, "step_time_min_s": min(times),
+      "step_times_s": times, "images_per_s": batch_size / step_time,
+      "model_flops_per_step": model_flops, "encoder_flops_per_step": encoder_flops,
+      "tflops_per_device": per_device(model_flops),
+      "tflops_per_device_with_encoders": per_device(model_flops + encoder_flops),
+      "mfu": flops.mfu(model_flops, step_time, kind, count),
+      "mfu_with_encoders": flops.mfu(model_flops + encoder_flops, step_time, kind, count),
+      "peak_memory_bytes": None if memory is None else memory.peak_bytes,
+      "memory_per_device": None if memory is None else memory.as_dict(),
+      "device_peak_bytes": device_peak_bytes(),
+      "device_kind": kind, "num_devices": count, "num_processes": jax.process_count(),
+      "backend": jax.default_backend(), "jax_version": jax.__version__, "mesh": dict(mesh.shape),
+      "attention": m.attention, "attention_kernel": kernel, "remat_policy": m.remat_policy,
+      "compute_dtype": dtype.name, **measured, "config": json.loads(config.to_json()),
+  }
+
+
+def _gib(value: int | None) -> str:
+  return "-" if value is None else f"{value / 2**30:.2f}"
+
+
+def _percent(value: float | None) -> str:
+  return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def table(results: list[dict[str, Any]]) -> str:
+  """A Markdown table of results (one row each)."""
+  header = ("mode", "size", "batch", "kernel", "remat", "compile s", "step s", "img/s", "TFLOP/s/dev", "MFU",
+            "MFU+enc", "program GiB", "device peak GiB")
+  rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for r in results:
+    cells = (r["mode"], f"{r['height']}x{r['width']}", r["batch_size"], f"{r['attention']} ({r['attention_kernel']})",
+             r["remat_policy"], f"{r['compile_s']:.1f}", f"{r['step_time_s']:.4f}", f"{r['images_per_s']:.2f}",
+             f"{r['tflops_per_device']:.3g}", _percent(r["mfu"]), _percent(r["mfu_with_encoders"]),
+             _gib(r["peak_memory_bytes"]), _gib(r["device_peak_bytes"]))
+    rows.append("| " + " | ".join(str(c) for c in cells) + " |")
+  return "\n".join(rows)
+
+
+def write_json(result: dict[str, Any], path: str | pathlib.Path) -> pathlib.Path:
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+  return path
