@@ -164,3 +164,24 @@ def test_gradient_accumulation_counts_optimizer_steps_and_resumes(tmp_path):
   restored = _checkpoint(straight, 4)
   assert int(restored["train_state"]["step"]) == 8  # micro-steps
   _assert_trees_equal(restored, _checkpoint(resumed, 4))
+
+
+def test_too_many_nonfinite_steps_stop_the_run():
+  from pixelhdm_jax.train import loop
+  config = tiny_run_config(max_nonfinite_steps=3)
+  pending = loop._Pending()  # pylint: disable=protected-access
+  timer = {"time": None, "step": None}
+
+  class Bar:
+    def set_postfix(self, **_):
+      pass
+
+  class Writer:
+    def scalars(self, *_):
+      pass
+
+  pending.set({"loss": np.nan, "nonfinite": 2.0}, 4, (8, 32, 32, 3), timed=False)
+  loop._report(config, pending, timer, writer=Writer(), bar=Bar())  # pylint: disable=protected-access
+  pending.set({"loss": np.nan, "nonfinite": 3.0}, 5, (8, 32, 32, 3), timed=False)
+  with pytest.raises(loop.NonFiniteError, match="3 consecutive steps up to step 5 had a non-finite loss"):
+    loop._report(config, pending, timer, writer=Writer(), bar=Bar())  # pylint: disable=protected-access

@@ -1,5 +1,7 @@
 """The pure train step: sharded equals unsharded, non-finite steps change nothing, REPA trains the projector."""
 
+import contextlib
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -12,32 +14,36 @@ from pixelhdm_jax.train.setup import build_trainer
 from tests.train.conftest import tiny_run_config
 
 
-def _run_steps(config, devices, num_steps=2):
-  """(final state params and EMA as numpy, metrics) after `num_steps` steps on a mesh over `devices`."""
+@contextlib.contextmanager
+def _fresh_run(mesh_shape, devices):
+  """(trainer, data iterator, initial state, rng) of the tiny run on a mesh over `devices`."""
+  config = tiny_run_config()
+  config.mesh.shape = mesh_shape
   mesh = parallel.create_mesh(config.mesh, devices)
   rules = parallel.logical_rules(config.mesh)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     trainer = build_trainer(config, mesh, rules)
-    loader = build_train_loader(config, trainer.text_encoder.tokenizer)
     init_rng, rng = jax.random.split(jax.random.key(config.seed))
-    state = trainer.new_state(init_rng)
+    yield trainer, build_train_loader(config, trainer.text_encoder.tokenizer), trainer.new_state(init_rng), rng
+
+
+def _run_steps(mesh_shape, devices, num_steps=2):
+  """(initial params, final params and EMA, metrics) as numpy after `num_steps` steps."""
+  with _fresh_run(mesh_shape, devices) as (trainer, loader, state, rng):
+    initial = jax.device_get(state.params)
     for _ in range(num_steps):
       state, metrics = trainer.steps[True](state, trainer.global_batch(next(loader)), rng)
-    return jax.device_get((state.params, state.ema)), jax.device_get(metrics)
+    return initial, jax.device_get((state.params, state.ema)), jax.device_get(metrics)
 
 
 @pytest.fixture(scope="module")
 def unsharded():
-  config = tiny_run_config()
-  config.mesh.shape = (1, 1, 1)
-  return _run_steps(config, jax.devices()[:1])
+  return _run_steps((1, 1, 1), jax.devices()[:1])
 
 
 def test_sharded_step_equals_unsharded(unsharded):
-  config = tiny_run_config()
-  config.mesh.shape = (2, 2, 2)
-  (params, ema), metrics = _run_steps(config, jax.devices())
-  (ref_params, ref_ema), ref_metrics = unsharded
+  _, (params, ema), metrics = _run_steps((2, 2, 2), jax.devices())
+  _, (ref_params, ref_ema), ref_metrics = unsharded
   np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=1e-5)
   # Adam's first steps move every weight by ~lr = 1e-3 whatever its gradient's size, so float32 reduction
   # order (sharded sums) shows up at ~1e-5 on weights whose gradients are near zero.
@@ -46,32 +52,18 @@ def test_sharded_step_equals_unsharded(unsharded):
 
 
 def test_repa_projector_is_trained(unsharded):
-  (params, _), metrics = unsharded
+  initial, (params, _), metrics = unsharded
   assert metrics["loss_repa"] > 0
-  config = tiny_run_config()
-  config.mesh.shape = (1, 1, 1)
-  mesh = parallel.create_mesh(config.mesh, jax.devices()[:1])
-  rules = parallel.logical_rules(config.mesh)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    trainer = build_trainer(config, mesh, rules)
-    initial = jax.device_get(trainer.new_state(jax.random.split(jax.random.key(config.seed))[0]).params)
   moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), params["repa_projector"], initial["repa_projector"])
   assert all(jax.tree.leaves(moved)), "the iREPA projector must be optimised (the original never trained it)"
 
 
 def test_nonfinite_step_changes_nothing():
-  config = tiny_run_config()
-  config.mesh.shape = (1, 1, 1)
-  mesh = parallel.create_mesh(config.mesh, jax.devices()[:1])
-  rules = parallel.logical_rules(config.mesh)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    trainer = build_trainer(config, mesh, rules)
-    loader = build_train_loader(config, trainer.text_encoder.tokenizer)
-    init_rng, rng = jax.random.split(jax.random.key(config.seed))
-    state = trainer.new_state(init_rng)
-    poisoned = state.params["model"]["output_proj"]["bias"].at[0].set(jnp.nan)
-    state = state.replace(params={**state.params, "model": {**state.params["model"], "output_proj": {
-        **state.params["model"]["output_proj"], "bias": poisoned}}})
+  with _fresh_run((1, 1, 1), jax.devices()[:1]) as (trainer, loader, state, rng):
+    model = state.params["model"]
+    poisoned = {**model, "output_proj": {**model["output_proj"],
+                                         "bias": model["output_proj"]["bias"].at[0].set(jnp.nan)}}
+    state = state.replace(params={**state.params, "model": poisoned})
     before = jax.device_get((state.params, state.opt_state, state.ema))
     for expected in (1, 2):
       state, metrics = trainer.steps[True](state, trainer.global_batch(next(loader)), rng)
