@@ -19,7 +19,9 @@ import pytest  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-ORIGINAL_MICRO = REPO.parent / "shared" / "fixtures" / "original_micro"
+# The original's micro fixture: `../shared/fixtures/original_micro` beside the checkout, or PIXELHDM_FIXTURES.
+FIXTURES = pathlib.Path(os.environ.get("PIXELHDM_FIXTURES", REPO.parent / "shared" / "fixtures"))
+ORIGINAL_MICRO = FIXTURES / "original_micro"
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +31,8 @@ def original_micro():
 
   import numpy as np
   if not (ORIGINAL_MICRO / "forward.npz").exists():
-    pytest.skip(f"fixture folder {ORIGINAL_MICRO} is absent: parity with the original cannot be checked")
+    pytest.skip(f"fixture folder {ORIGINAL_MICRO} is absent (set PIXELHDM_FIXTURES to the folder holding "
+                "original_micro/): parity with the original cannot be checked")
   arrays = dict(np.load(ORIGINAL_MICRO / "forward.npz"))
   spec = json.loads((ORIGINAL_MICRO / "params.json").read_text())
   return spec, arrays
