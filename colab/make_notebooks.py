@@ -89,7 +89,7 @@ GUIDANCE_SCALE = 4.0
 SEED = 0"""),
     ("code", _SETUP),
     ("code", """\
-from pixelhdm_jax import colab
+from pixelhdm_jax import colab, parallel
 from pixelhdm_jax.sample.images import image_grid
 from pixelhdm_jax.sample.pipeline import Pipeline
 from pixelhdm_jax.weights import interop
@@ -97,7 +97,7 @@ from pixelhdm_jax.weights import interop
 print(colab.init_runtime())"""),
     ("markdown", "## Sample (text-to-image; a row per prompt)"),
     ("code", """\
-pipeline = Pipeline.from_checkpoint(CHECKPOINT, mesh=colab.data_parallel_mesh(),
+pipeline = Pipeline.from_checkpoint(CHECKPOINT, mesh=parallel.data_parallel_mesh(),
                                     overrides={"sample.num_steps": SAMPLE_STEPS,
                                                "sample.guidance_scale": GUIDANCE_SCALE})
 images = pipeline.generate(PROMPTS, num_images_per_prompt=NUM_IMAGES_PER_PROMPT, height=IMAGE_SIZE,

@@ -14,7 +14,6 @@ Writes OUT/prompt{p}_image{i}.png and OUT/grid.png (a row per prompt). See docs/
 
 import pathlib
 
-import ml_collections
 from absl import app, flags, logging
 from PIL import Image
 
@@ -62,7 +61,7 @@ def main(argv):
   configure_compilation_cache()
   overrides = {"sample.sampler": _SAMPLER.value, "sample.num_steps": _NUM_STEPS.value,
                "sample.guidance_scale": _GUIDANCE.value, "text.path": _TEXT_PATH.value}
-  mesh = parallel.create_mesh(ml_collections.ConfigDict({"shape": (-1, 1, 1)}))
+  mesh = parallel.data_parallel_mesh()
   try:
     pipeline = Pipeline.from_checkpoint(_WORKDIR.value, use_ema=_USE_EMA.value, step=_STEP.value, mesh=mesh,
                                         overrides=overrides)

@@ -19,7 +19,6 @@ import numpy as np
 from absl import flags
 from PIL import Image
 
-from pixelhdm_jax import parallel
 from pixelhdm_jax.compilation_cache import configure_compilation_cache
 from pixelhdm_jax.config import validate
 
@@ -54,11 +53,6 @@ def runtime_config(base: ml_collections.ConfigDict, *, num_steps: int, image_siz
   config.sample.num_steps = sample_steps
   config.mesh.shape = (1, -1, 1)
   return validate(config)
-
-
-def data_parallel_mesh() -> jax.sharding.Mesh:
-  """A mesh that splits sampling batches over every device (weights replicated)."""
-  return parallel.create_mesh(ml_collections.ConfigDict({"shape": (-1, 1, 1)}))
 
 
 def read_metrics(workdir: str | pathlib.Path) -> list[dict]:

@@ -26,7 +26,10 @@ DATA_SOURCES = ("folder", "tfds", "synthetic")  # pixelhdm_jax/data/sources.py b
 DATA_SAMPLERS = ("random", "sequential", "buffered_shuffle")  # pixelhdm_jax/data/samplers.py
 # pixelhdm_jax/encoders/text.py, teacher.py: random = tiny random encoders, random_full = random weights at the
 # real sizes (Qwen3-0.6B, DINOv3 ViT-B/16; benchmarks and AOT compiles), pretrained = loaded from `path`.
-ENCODER_SOURCES = ("random", "random_full", "pretrained")
+RANDOM_ENCODER_SOURCES = ("random", "random_full")  # random weights, no download
+ENCODER_SOURCES = RANDOM_ENCODER_SOURCES + ("pretrained",)
+CUDNN_DTYPES = ("bfloat16", "float16")
+CUDNN_MAX_HEAD_DIM = 128  # 256 from Hopper on; 128 holds on every cuDNN-capable GPU
 
 
 class ConfigError(ValueError):
@@ -250,12 +253,20 @@ def check_backend(config: ml_collections.ConfigDict, backend: str) -> ml_collect
            "(the Pallas kernels run on CPU only interpreted, in tests); set model.attention=auto (cudnn on GPU, "
            "splash on TPU, xla on CPU) or xla")
   if kernel == "cudnn":
-    dtype = "bfloat16" if m.compute_dtype == "auto" else m.compute_dtype
-    _require(dtype != "float32",
-             "model.attention='cudnn' needs bfloat16 or float16 inputs but model.compute_dtype='float32': "
-             "set model.compute_dtype=bfloat16 (or auto), or model.attention=xla")
+    # The DINOv3 teacher runs with the same kernel, in its own compute dtype (ViT head_dim 64).
+    sections = ("model", "dino") if config.loss.repa_lambda > 0 else ("model",)
+    for section in sections:
+      dtype = "bfloat16" if config[section].compute_dtype == "auto" else config[section].compute_dtype
+      _require(dtype in CUDNN_DTYPES,
+               f"model.attention='cudnn' needs bfloat16 or float16 inputs but {section}.compute_dtype={dtype!r}: "
+               f"set {section}.compute_dtype=bfloat16 (or auto), or model.attention=xla")
     head_dim = m.hidden_dim // m.num_heads
-    _require(head_dim % 8 == 0 and head_dim <= 128,
-             f"model.attention='cudnn' needs head_dim (hidden_dim / num_heads) a multiple of 8 and <= 128, "
-             f"got {head_dim}: use model.attention=auto or pallas_gpu")
+    _require(cudnn_head_dim_ok(head_dim),
+             f"model.attention='cudnn' needs head_dim (hidden_dim / num_heads) a multiple of 8 and <= "
+             f"{CUDNN_MAX_HEAD_DIM}, got {head_dim}: use model.attention=auto or pallas_gpu")
   return config
+
+
+def cudnn_head_dim_ok(head_dim: int) -> bool:
+  """cuDNN fused attention takes head sizes that are multiples of 8 up to 128 on every cuDNN-capable GPU."""
+  return head_dim % 8 == 0 and head_dim <= CUDNN_MAX_HEAD_DIM

@@ -44,6 +44,11 @@ def create_mesh(mesh_config: ml_collections.ConfigDict, devices: Sequence[jax.De
   return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
 
 
+def data_parallel_mesh() -> Mesh:
+  """A mesh that splits batches over every device and replicates the weights (sampling)."""
+  return create_mesh(ml_collections.ConfigDict({"shape": (-1, 1, 1)}))
+
+
 def logical_rules(mesh_config: ml_collections.ConfigDict) -> Rules:
   """The config's logical-axis rules as the tuples Flax expects (mesh axes as str, tuple or None)."""
   return tuple((name, axes if axes is None or isinstance(axes, str) else tuple(axes))

@@ -60,6 +60,18 @@ def exif_upright(image: Image.Image) -> tuple[Image.Image, list[str]]:
   return ImageOps.exif_transpose(image), [f"rotated upright (EXIF orientation {orientation})"]
 
 
+def decoded_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
+  """The image upright (EXIF), as 8-bit RGB and fully decoded, with notes on what changed.
+
+  PIL opens lazily: decoding here, not later in the resize, makes a truncated file fail where the caller
+  can skip it.
+  """
+  upright, notes = exif_upright(image)
+  rgb, converted = to_rgb(upright)
+  rgb.load()
+  return rgb, notes + converted
+
+
 def cover_crop(image: Image.Image, size: tuple[int, int], rng: np.random.Generator | None = None,
                flip: bool = False) -> np.ndarray:
   """Resizes `image` (RGB) to cover `size` = (width, height), crops it and returns uint8 (height, width, 3).

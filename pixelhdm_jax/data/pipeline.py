@@ -81,7 +81,7 @@ class LoadBatch(grain.transforms.Map):
       index = int(indices[(position + shift) % len(indices)])
       try:
         image, caption = self.source.example(index, size)
-        image, _ = image_ops.to_rgb(image_ops.exif_upright(image)[0])
+        image, _ = image_ops.decoded_rgb(image)
         return index, image, caption
       except Exception as failure:  # noqa: BLE001  (a broken record must not stop the run)
         logging.warning("skipping unreadable sample %d (%s: %s)", index, type(failure).__name__, failure)

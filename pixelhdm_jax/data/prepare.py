@@ -118,12 +118,9 @@ def convert_file(root: pathlib.Path, relpath: str, stage: pathlib.Path, *, min_r
                   "(the smallest bucket)")
     try:
       image.load()
-      upright, notes = image_ops.exif_upright(image)
-      rgb, converted = image_ops.to_rgb(upright)
-      rgb.load()
+      rgb, notes = image_ops.decoded_rgb(image)
     except Exception as error:  # noqa: BLE001  (any decoder failure means a broken file, never a stop)
       return skip("truncated or corrupt", f"{type(error).__name__}: {error}")
-    notes += converted
     frames = getattr(image, "n_frames", 1)
     if frames > 1:
       notes.append(f"kept the first of {frames} frames")

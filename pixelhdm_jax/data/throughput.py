@@ -39,12 +39,12 @@ def write_photos(folder: pathlib.Path, count: int, seed: int = 0) -> None:
 
 
 def decode_rate(source: FolderSource, bucket_ids: np.ndarray, buckets, repeats: int = 2) -> float:
-  """Images per second of decode + RGB + cover-resize + crop in this one process (one worker's work)."""
+  """Images per second of decode + upright + RGB + cover-resize + crop in this one process (one worker's work)."""
   start = time.perf_counter()
   for _ in range(repeats):
     for index, bucket in enumerate(bucket_ids):
       image, _ = source.example(index, buckets[bucket])
-      image_ops.cover_crop(image_ops.to_rgb(image)[0], buckets[bucket])
+      image_ops.cover_crop(image_ops.decoded_rgb(image)[0], buckets[bucket])
   return repeats * len(bucket_ids) / (time.perf_counter() - start)
 
 

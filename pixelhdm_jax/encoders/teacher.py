@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from pixelhdm_jax.config import ConfigError
+from pixelhdm_jax.config import RANDOM_ENCODER_SOURCES, ConfigError
 from pixelhdm_jax.encoders.dinov3 import DINOv3Arch, DINOv3ViT
 from pixelhdm_jax.models.layers import compute_dtype
 from pixelhdm_jax.weights.hf import resolve_checkpoint
@@ -56,7 +56,7 @@ def build_dino_teacher(config: ml_collections.ConfigDict, *, with_params: bool =
   d = config.dino
   dtype = compute_dtype(d.compute_dtype)
   kernel = config.model.attention
-  if d.source in ("random", "random_full"):
+  if d.source in RANDOM_ENCODER_SOURCES:
     arch = TINY_DINOV3 if d.source == "random" else DINOv3Arch()
     module = DINOv3ViT(arch, kernel, dtype)
     if not with_params:

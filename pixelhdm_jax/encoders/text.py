@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from pixelhdm_jax.config import ConfigError
+from pixelhdm_jax.config import RANDOM_ENCODER_SOURCES, ConfigError
 from pixelhdm_jax.encoders.qwen3 import Qwen3Arch, Qwen3Encoder, TextEncoding
 from pixelhdm_jax.encoders.tokenizers import QWEN3_FILES, ByteTokenizer, Tokenizer, build_tokenizer
 from pixelhdm_jax.models.layers import compute_dtype
@@ -95,7 +95,7 @@ def build_text_encoder(config: ml_collections.ConfigDict, *, with_params: bool =
   if tokenizer.vocab_size > arch.vocab_size:
     raise CheckpointError(f"the tokenizer has {tokenizer.vocab_size} tokens but the encoder's embedding only "
                           f"{arch.vocab_size}: text.path must hold a matching tokenizer")
-  if t.source in ("random", "random_full"):
+  if t.source in RANDOM_ENCODER_SOURCES:
     module = Qwen3Encoder(arch, t.hidden_layer, dtype)
     if not with_params:
       return TextEncoder(tokenizer, module, None)

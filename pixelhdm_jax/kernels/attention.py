@@ -26,15 +26,13 @@ import jax
 import jax.numpy as jnp
 
 from pixelhdm_jax import target
-from pixelhdm_jax.config import KERNEL_BACKENDS
+from pixelhdm_jax.config import CUDNN_DTYPES, KERNEL_BACKENDS, cudnn_head_dim_ok
 from pixelhdm_jax.kernels.sharded import run_sharded
 
 AttentionFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array | None], jax.Array]
 
 # Below this many tokens `auto` uses xla: one 128-token tile, where a fused kernel gains nothing.
 MIN_FUSED_LENGTH = 128
-CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
-CUDNN_MAX_HEAD_DIM = 128  # 256 from Hopper on; 128 holds on every cuDNN-capable GPU
 INTERPRETED_ON_CPU = ("pallas_gpu", "splash")  # Pallas interpret mode: for tests, slow
 
 
@@ -51,7 +49,7 @@ def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Arra
 
 
 def cudnn_supports(head_dim: int, dtype) -> bool:
-  return jnp.dtype(dtype) in CUDNN_DTYPES and head_dim % 8 == 0 and head_dim <= CUDNN_MAX_HEAD_DIM
+  return jnp.dtype(dtype).name in CUDNN_DTYPES and cudnn_head_dim_ok(head_dim)
 
 
 @functools.cache

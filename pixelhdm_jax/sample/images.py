@@ -7,6 +7,8 @@ import pathlib
 import numpy as np
 from PIL import Image
 
+from pixelhdm_jax.data.images import decoded_rgb
+
 
 def load_init_image(image: Image.Image | np.ndarray, height: int | None, width: int | None,
                     patch: int) -> np.ndarray:
@@ -17,7 +19,7 @@ def load_init_image(image: Image.Image | np.ndarray, height: int | None, width: 
       raise ValueError(f"init_image must be a PIL image or a uint8 (H, W, 3) array, got {image.dtype} "
                        f"{image.shape}")
     image = Image.fromarray(image)
-  image = image.convert("RGB")
+  image, _ = decoded_rgb(image)  # upright and RGB as in training (transparency on white)
   height = height or max(patch, image.height // patch * patch)
   width = width or max(patch, image.width // patch * patch)
   if image.size != (width, height):

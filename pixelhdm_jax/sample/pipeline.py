@@ -166,8 +166,9 @@ class Pipeline:
     config.update_from_flattened_dict({k: v for k, v in (overrides or {}).items() if v is not None})
     validate(config)
     text_encoder = build_text_encoder(config)
-    text_params = None
-    if mesh is not None:
+    if mesh is None:  # on the device once, not copied from the host at every call
+      text_params = jax.device_put(text_encoder.params)
+    else:
       rules = parallel.logical_rules(config.mesh)
       params, _ = parallel.place_params(params, abstract_params(PixelHDM.from_config(config.model)), mesh, rules)
       text_params, _ = parallel.place_params(text_encoder.params, text_encoder.abstract_params(), mesh, rules)

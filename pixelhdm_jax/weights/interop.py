@@ -109,8 +109,7 @@ def import_original(original: OriginalCheckpoint, base: ml_collections.ConfigDic
   notes = list(original.notes)
   if original.config is None:
     config = copy.deepcopy(base)
-    notes.append("no config in the checkpoint: the network is the given config's (preset "
-                 f"{config.get('preset', '?')})")
+    notes.append("no config in the checkpoint: the network is the given --config's")
   else:
     config, config_notes = config_from_original(original.config, base)
     notes += config_notes

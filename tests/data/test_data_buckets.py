@@ -74,3 +74,13 @@ def test_assign_never_upscales_pixels_and_matches_bucket_for():
     assert bucket == buckets.bucket_for(int(w), int(h))
     bw, bh = buckets[bucket]
     assert bw * bh <= w * h or w * h < 256 * 256
+
+
+def test_assign_in_chunks_equals_assign_at_once(monkeypatch):
+  from pixelhdm_jax.data import buckets as buckets_module
+  rng = np.random.default_rng(3)
+  widths, heights = rng.integers(100, 1500, 300), rng.integers(100, 1500, 300)
+  bucket = AspectRatioBucket(256, 1024, 16)
+  at_once = bucket.assign(widths, heights)
+  monkeypatch.setattr(buckets_module, "_ROWS_PER_CHUNK", 7)
+  np.testing.assert_array_equal(bucket.assign(widths, heights), at_once)

@@ -1,5 +1,7 @@
 """The Grain loader: batch format, one bucket per batch, exact resume (Grain state, Orbax, workers), multi-host."""
 
+import io
+
 import grain
 import numpy as np
 import orbax.checkpoint as ocp
@@ -8,6 +10,7 @@ from PIL import Image
 
 from pixelhdm_jax.data import AspectRatioBucket, SyntheticSource, build_train_dataset, build_train_loader
 from pixelhdm_jax.data.buckets import buckets_from_config
+from pixelhdm_jax.data.samplers import BatchSchedule
 from pixelhdm_jax.encoders.tokenizers import ByteTokenizer
 
 
@@ -31,10 +34,11 @@ def assert_same_batches(a, b):
 class PhotoSource:
   """Smooth colour images of varied sizes (so cover-resize, crop and flip all act), some unreadable."""
 
-  def __init__(self, size=64, broken=()):
+  def __init__(self, size=64, broken=(), truncated=()):
     rng = np.random.default_rng(1)
     self.sizes = np.stack([rng.integers(40, 140, size), rng.integers(40, 140, size)], 1)
     self.broken = set(broken)
+    self.truncated = set(truncated)  # opened lazily, as PIL does: the damage shows only when decoded
 
   def __len__(self):
     return len(self.sizes)
@@ -49,7 +53,13 @@ class PhotoSource:
     width, height = self.sizes[index]
     y, x = np.mgrid[0:height, 0:width]
     pixels = np.stack([x * 255 // width, y * 255 // height, np.full_like(x, index * 3 % 256)], -1)
-    return Image.fromarray(pixels.astype(np.uint8)), f"photo number {index}"
+    image = Image.fromarray(pixels.astype(np.uint8))
+    if index in self.truncated:
+      encoded = io.BytesIO()
+      image.save(encoded, format="JPEG")
+      data = encoded.getvalue()
+      return Image.open(io.BytesIO(data[:len(data) * 2 // 3])), f"photo number {index}"
+    return image, f"photo number {index}"
 
 
 def test_batches_are_one_bucket_with_matching_captions(tiny_config):
@@ -147,6 +157,18 @@ def test_unreadable_sample_is_replaced_from_the_same_batch(tiny_config):
   for batch in take(build_train_loader(tiny_config, ByteTokenizer(32), source=source), 3):
     assert all(index % 2 == 1 for index in batch["index"])
     assert captions_of(batch)[0].startswith("photo number") or not batch["token_mask"][0].any()
+
+
+def test_truncated_image_is_replaced_from_the_same_batch(tiny_config):
+  """A lazily opened, truncated file fails only when decoded: that must happen where it can be skipped."""
+  source = PhotoSource(truncated=range(0, 64, 2))
+  tiny_config.data.sampler = "sequential"
+  loader = build_train_loader(tiny_config, ByteTokenizer(32), source=source)
+  schedule = BatchSchedule(source.bucket_ids(buckets_from_config(tiny_config)), 8, "sequential", tiny_config.seed,
+                           tiny_config.data.chunk_size)
+  for step, batch in enumerate(take(loader, 3)):
+    assert all(index % 2 == 1 for index in batch["index"])
+    assert set(batch["index"]) <= set(schedule(step).indices.tolist())
 
 
 def test_batch_size_must_split_over_processes(tiny_config):

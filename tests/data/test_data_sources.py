@@ -111,3 +111,17 @@ def test_folder_source_needs_a_path(tiny_config):
   tiny_config.data.source = "folder"
   with pytest.raises(ValueError, match="data.source='folder' needs data.path"):
     build_train_loader(tiny_config, ByteTokenizer(32))
+
+
+def test_jpeg_draft_decodes_smaller_but_still_covers_the_bucket():
+  import io
+
+  from PIL import Image
+
+  from pixelhdm_jax.data.images import open_image
+  encoded = io.BytesIO()
+  Image.new("RGB", (400, 300), (200, 30, 30)).save(encoded, format="JPEG")
+  drafted = open_image(encoded.getvalue(), (64, 48))
+  assert drafted.size[0] < 400 and drafted.size[1] < 300  # decoded at a reduced DCT scale
+  assert drafted.size[0] >= 64 and drafted.size[1] >= 48  # never below the bucket (no upscaling needed)
+  assert open_image(encoded.getvalue()).size == (400, 300)
