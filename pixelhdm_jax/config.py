@@ -223,6 +223,11 @@ def _check_train(config: ml_collections.ConfigDict) -> None:
            f"train.sample_every must be >= 0 (0 = sample grids only at the end), got {t.sample_every!r}")
   _require(t.sample_size % config.model.patch_size == 0,
            f"train.sample_size={t.sample_size} is not a multiple of model.patch_size={config.model.patch_size}")
+  m = config.model
+  most = min(m.mrope_max_height, m.mrope_max_width) * m.patch_size
+  for name, size in (("data.max_resolution", config.data.max_resolution), ("train.sample_size", t.sample_size)):
+    _require(size <= most, f"{name}={size} is more than the mRoPE tables hold (model.mrope_max_height/width="
+                           f"{m.mrope_max_height}/{m.mrope_max_width} patches of {m.patch_size}): use at most {most}")
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

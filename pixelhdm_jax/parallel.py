@@ -75,6 +75,14 @@ def place_params(params: Any, abstract_params: Any, mesh: Mesh, rules: Rules) ->
   return jax.tree.map(place, params, shardings), shardings
 
 
+def abstract_arrays(tree: Any, shardings: Any) -> Any:
+  """`jax.ShapeDtypeStruct`s of `tree`'s leaves with `shardings` (a matching tree, or one sharding for all):
+  the targets of a checkpoint restore or an ahead-of-time compile."""
+  if not isinstance(shardings, jax.sharding.Sharding):
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=shardings), tree)
+
+
 def sharded_fraction(abstract_params: Any, shardings: Any) -> float:
   """Fraction of parameter bytes that are split over more than one device."""
   leaves = jax.tree.leaves(nn.meta.unbox(abstract_params))

@@ -52,3 +52,17 @@ def test_mesh_errors(shape, message):
   config.mesh.shape = shape
   with pytest.raises(ConfigError, match=message):
     validate(config)
+
+
+def test_resolution_over_the_mrope_tables():
+  config = base.get_config("default")
+  config.data.max_resolution = 4096
+  with pytest.raises(ConfigError, match=r"data.max_resolution=4096 is more than the mRoPE tables hold .*"
+                                        r"use at most 2048"):
+    validate(config)
+
+
+def test_remat_policy_names_match_the_policies():
+  from pixelhdm_jax.config import REMAT_POLICIES
+  from pixelhdm_jax.models import remat
+  assert set(REMAT_POLICIES) == set(remat.POLICIES) | {"none"}

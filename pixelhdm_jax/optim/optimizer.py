@@ -104,3 +104,17 @@ def step_applied(opt_state) -> jax.Array:
   if isinstance(opt_state, optax.MultiStepsState):
     return (opt_state.mini_step == 0) & (opt_state.gradient_step > 0)
   return jnp.ones((), bool)
+
+
+def after_skipped_update(old_state, new_state):
+  """The optimizer state to keep after a skipped (non-finite) micro-step, instead of `new_state`.
+
+  Nothing of that micro-step is learned (the inner optimizer and ZClip keep their state, its gradient is not
+  accumulated), but an accumulation window still advances: windows stay aligned with micro-steps, so every
+  optimizer step is `optim.grad_accum_steps` micro-steps. A window closed by a skipped micro-step is dropped.
+  """
+  if not isinstance(new_state, optax.MultiStepsState):
+    return old_state
+  closed = new_state.mini_step == 0  # the window ended here: its accumulator was reset, keep the reset
+  accumulated = jax.tree.map(lambda new, old: jnp.where(closed, new, old), new_state.acc_grads, old_state.acc_grads)
+  return new_state._replace(inner_opt_state=old_state.inner_opt_state, acc_grads=accumulated)

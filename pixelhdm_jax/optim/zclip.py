@@ -59,8 +59,9 @@ def _scale(updates, scale: jax.Array):
   return jax.tree.map(lambda u: (u * scale.astype(u.dtype)).astype(u.dtype), updates)
 
 
-def _global_norm(updates) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(u.astype(jnp.float32))) for u in jax.tree.leaves(updates)))
+def _scale_to(limit, g: jax.Array) -> jax.Array:
+  """The factor that brings a gradient of norm g down to `limit` (1 when it is below)."""
+  return jnp.minimum(1.0, limit / (g + CLIP_EPS))
 
 
 def _capped(limit: jax.Array, max_grad_norm: float | None) -> jax.Array:
@@ -80,7 +81,7 @@ def zclip(alpha: float = 0.97, z_threshold: float = 2.5, warmup_steps: int = 25,
 
   def update(updates, state: ZClipState, params=None):
     del params
-    g = _global_norm(updates)
+    g = optax.global_norm(updates)
     in_warmup = state.count < warmup_steps
 
     # Warm-up: Welford running mean and population variance of the norms; only the max-norm cap applies.
@@ -88,7 +89,7 @@ def zclip(alpha: float = 0.97, z_threshold: float = 2.5, warmup_steps: int = 25,
     delta = g - state.mean
     warm_mean = state.mean + delta / n
     warm_var = state.var + (delta * (g - warm_mean) - state.var) / n
-    warm_scale = 1.0 if max_grad_norm is None else jnp.minimum(1.0, max_grad_norm / (g + CLIP_EPS))
+    warm_scale = 1.0 if max_grad_norm is None else _scale_to(max_grad_norm, g)
 
     # After warm-up: z-score test, clip value, EMA update with the clipped value.
     std = jnp.sqrt(state.var)
@@ -133,7 +134,7 @@ def pixelhdm_zclip(threshold: float = 2.5, ema_decay: float = 0.99,
   """The original PixelHDM's clipping (`gradient_clip.py` with `clip_grad_norm_with_zclip`)."""
   def update(updates, state: ZClipState, params=None):
     del params
-    g = _global_norm(updates)
+    g = optax.global_norm(updates)
     first = state.count == 0
     delta = g - state.mean
     mean = ema_decay * state.mean + (1.0 - ema_decay) * g
@@ -143,7 +144,7 @@ def pixelhdm_zclip(threshold: float = 2.5, ema_decay: float = 0.99,
     z = delta2 / std
     spike = (z > threshold) & ~first
     limit = _capped(jnp.where(spike, mean + threshold * std, g), max_grad_norm)
-    scale = jnp.minimum(1.0, limit / (g + CLIP_EPS))
+    scale = _scale_to(limit, g)
     new_state = ZClipState(
         count=state.count + 1,
         mean=jnp.where(first, g, mean),
@@ -162,11 +163,11 @@ def max_norm_clip(max_grad_norm: float | None) -> optax.GradientTransformation:
   """Plain global-norm capping (ZClip off) with the same state, so logging and checkpoints do not change."""
   def update(updates, state: ZClipState, params=None):
     del params
-    g = _global_norm(updates)
+    g = optax.global_norm(updates)
     if max_grad_norm is None:
       scale = jnp.ones((), jnp.float32)
     else:
-      scale = jnp.minimum(1.0, max_grad_norm / (g + CLIP_EPS))  # torch clip_grad_norm_
+      scale = _scale_to(max_grad_norm, g)  # torch clip_grad_norm_
     return _scale(updates, scale), state._replace(count=state.count + 1, grad_norm=g, clipped_norm=g * scale)
 
   return optax.GradientTransformation(_init, update)

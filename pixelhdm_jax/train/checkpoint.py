@@ -22,7 +22,9 @@ import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 
+from pixelhdm_jax import parallel
 from pixelhdm_jax.models.pixelhdm import PixelHDM, abstract_params
 from pixelhdm_jax.train.state import TrainState, strip_boxes
 
@@ -33,9 +35,15 @@ class CheckpointError(RuntimeError):
   """A checkpoint exists but cannot be used: the message names the path and what is wrong."""
 
 
+# Settings that do not change what the weights mean: a run may resume with other values (another kernel or
+# precision on another accelerator, more or less remat, encoder weights moved to another folder).
+RESUMABLE_WITH_OTHER = frozenset({"attention", "remat_policy", "scan_layers", "compute_dtype", "path", "hub_id",
+                                  "allow_download"})
+
+
 def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
   out = []
-  for key in sorted(set(saved) | set(current)):
+  for key in sorted((set(saved) | set(current)) - RESUMABLE_WITH_OTHER):
     a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
     if isinstance(a, dict) and isinstance(b, dict):
       out += _differences(a, b, f"{prefix}{key}.")
@@ -82,7 +90,8 @@ class RunCheckpoints:
     return self.manager.save(step, args=args, force=force)
 
   def check_config(self, step: int, config: ml_collections.ConfigDict) -> None:
-    """Raises if checkpoint `step` was written for a different network or text/teacher encoder."""
+    """Raises if checkpoint `step` was written for a different network or text/teacher encoder (settings in
+    `RESUMABLE_WITH_OTHER` may differ)."""
     saved = self.restore_config(step)
     current = config_json(config)
     problems = []
@@ -95,19 +104,28 @@ class RunCheckpoints:
   def restore_config(self, step: int) -> dict:
     return self._restore(step, config=ocp.args.JsonRestore())["config"]
 
-  def restore(self, step: int, abstract: TrainState, data_iterator: Any) -> tuple[TrainState, jax.Array]:
-    """(state without encoders, base rng) of checkpoint `step`, in the shardings of `abstract`; the Grain
-    iterator is restored in place."""
+  def restore(self, step: int, abstract: TrainState) -> tuple[TrainState, jax.Array]:
+    """(state without encoders, base rng) of checkpoint `step`, in the shardings of `abstract`."""
     key_data = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))  # depends on the PRNG impl
     rng = jax.ShapeDtypeStruct(key_data.shape, key_data.dtype, sharding=abstract.step.sharding)
     abstract_train_state = {**abstract.checkpointed(), "rng": rng}
     restored = self._restore(step, model=ocp.args.StandardRestore(abstract.params["model"]),
                              ema=ocp.args.StandardRestore(abstract.ema),
-                             train_state=ocp.args.StandardRestore(abstract_train_state),
-                             data=grain.checkpoint.CheckpointRestore(data_iterator))
+                             train_state=ocp.args.StandardRestore(abstract_train_state))
     saved = restored["train_state"]
     state = TrainState.from_checkpoint(saved, restored["model"], restored["ema"])
     return state, jax.random.wrap_key_data(saved["rng"])
+
+  def restore_data(self, step: int, data_iterator: Any) -> bool:
+    """Restores the Grain iterator of checkpoint `step` in place; False when its saved state does not fit
+    this loader (Grain's state depends on the worker and process counts)."""
+    try:
+      self.manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iterator)))
+    except Exception as error:  # noqa: BLE001  (the caller continues exactly from the step: nothing is lost)
+      logging.warning("the data iterator state of %s does not fit this loader (%s: %s)",
+                      self.directory / str(step), type(error).__name__, error)
+      return False
+    return True
 
   def _restore(self, step: int, **items) -> Any:
     try:
@@ -150,8 +168,7 @@ def load_for_inference(path: str | pathlib.Path, *, use_ema: bool = True, step: 
     config = ml_collections.ConfigDict(manager.restore(step, args=ocp.args.Composite(
         config=ocp.args.JsonRestore()))["config"])
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                            strip_boxes(abstract_params(PixelHDM.from_config(config.model))))
+    abstract = parallel.abstract_arrays(strip_boxes(abstract_params(PixelHDM.from_config(config.model))), sharding)
     params = manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract)}))[item]
   except CheckpointError:
     raise

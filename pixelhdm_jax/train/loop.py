@@ -98,8 +98,13 @@ def _train(config, workdir, mesh, rules) -> dict[str, float]:
     logging.info("new run in %s", workdir)
   else:
     checkpoints.check_config(latest, config)
-    state, rng = checkpoints.restore(latest, trainer.abstract_state(), loader)
+    state, rng = checkpoints.restore(latest, trainer.abstract_state())
     state = state.replace(encoders=trainer.encoders)
+    if not checkpoints.restore_data(latest, loader):
+      # Batches are a pure function of the step, so the loader can restart exactly where the run stopped.
+      logging.warning("rebuilding the data loader at batch %d (other worker or process count)", int(state.step))
+      loader = build_train_loader(config, trainer.text_encoder.tokenizer, process_index=jax.process_index(),
+                                  process_count=jax.process_count(), start_step=int(state.step))
     logging.info("resumed from %s at step %d", checkpoints.directory / str(latest), latest)
   writer = MetricWriter(workdir)
   try:

@@ -33,7 +33,9 @@ class Trainer(NamedTuple):
   networks: Networks
   text_encoder: TextEncoder
   teacher: DinoTeacher | None  # None when REPA is off for the whole run (loss.repa_lambda = 0)
-  encoders: dict[str, Any]  # frozen params, sharded (ShapeDtypeStructs when built without encoder params)
+  # Frozen params, sharded (ShapeDtypeStructs when built without encoder params). They travel inside the donated
+  # train state: after the first step use `state.encoders`; these arrays are then deleted.
+  encoders: dict[str, Any]
   shardings: TrainState
   steps: dict[bool, Any]  # REPA on/off -> jitted train step
 
@@ -52,8 +54,7 @@ def _abstract_encoder(encoder, mesh: Mesh, rules: parallel.Rules) -> tuple[Any, 
   """(ShapeDtypeStructs with shardings, shardings) of a frozen encoder built without params."""
   abstract = encoder.abstract_params()
   shardings = parallel.param_shardings(abstract, mesh, rules)
-  shapes = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), strip_boxes(abstract),
-                        shardings)
+  shapes = parallel.abstract_arrays(strip_boxes(abstract), shardings)
   return shapes, shardings
 
 

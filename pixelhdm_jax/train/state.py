@@ -93,7 +93,7 @@ def abstract_state(networks: Networks, encoders: Any, shardings: TrainState) -> 
   state = TrainState(step=scalar, params=params, opt_state=opt_state, ema=ema, nonfinite=scalar,
                      nonfinite_total=scalar, encoders=jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                                                                    encoders))
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+  return parallel.abstract_arrays(state, shardings)
 
 
 def create_train_state(networks: Networks, encoders: Any, shardings: TrainState, rng: jax.Array) -> TrainState:

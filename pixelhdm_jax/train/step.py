@@ -21,7 +21,7 @@ from pixelhdm_jax.encoders.teacher import DinoTeacher
 from pixelhdm_jax.encoders.text import TextEncoder
 from pixelhdm_jax.losses import training_loss
 from pixelhdm_jax.optim.ema import update_ema
-from pixelhdm_jax.optim.optimizer import optimizer_metrics, step_applied
+from pixelhdm_jax.optim.optimizer import after_skipped_update, optimizer_metrics, step_applied
 from pixelhdm_jax.train.state import Networks, TrainState
 
 BATCH_KEYS = ("images", "token_ids", "token_mask")
@@ -75,7 +75,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   ema = _select(step_applied(opt_state), ema, state.ema)
   nonfinite = jnp.where(finite, 0, state.nonfinite + 1)
   new_state = TrainState(step=state.step + 1, params=_select(finite, params, state.params),
-                         opt_state=_select(finite, opt_state, state.opt_state), ema=_select(finite, ema, state.ema),
+                         opt_state=_select(finite, opt_state, after_skipped_update(state.opt_state, opt_state)),
+                         ema=_select(finite, ema, state.ema),
                          nonfinite=nonfinite.astype(jnp.int32),
                          nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32),
                          encoders=state.encoders)

@@ -10,7 +10,7 @@ from PIL import Image
 from configs import base
 from pixelhdm_jax.config import ConfigError, validate
 from pixelhdm_jax.data import AspectRatioBucket, SyntheticSource, TfdsSource, build_train_loader
-from pixelhdm_jax.data.images import cover_crop
+from pixelhdm_jax.data.images import cover_crop, open_image
 from pixelhdm_jax.data.synthetic import COLOURS
 from pixelhdm_jax.encoders.tokenizers import ByteTokenizer
 
@@ -114,11 +114,6 @@ def test_folder_source_needs_a_path(tiny_config):
 
 
 def test_jpeg_draft_decodes_smaller_but_still_covers_the_bucket():
-  import io
-
-  from PIL import Image
-
-  from pixelhdm_jax.data.images import open_image
   encoded = io.BytesIO()
   Image.new("RGB", (400, 300), (200, 30, 30)).save(encoded, format="JPEG")
   drafted = open_image(encoded.getvalue(), (64, 48))

@@ -185,3 +185,30 @@ def test_optim_config_errors(field, value, message):
   section[name] = value
   with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.validate(config)
+
+
+def test_skipped_micro_step_keeps_accumulation_windows_aligned():
+  """A non-finite micro-step learns nothing, but the window still ends after k micro-steps."""
+  k = 2
+  tx = optimizer.make_optimizer(_config(grad_accum_steps=k, zclip={"warmup_steps": 1}))
+  params = _toy_params()
+  state = tx.init(params)
+  bad = jax.tree.map(lambda g: g * jnp.nan, _toy_grads(0))
+  _, proposed = tx.update(bad, state, params)
+  kept = optimizer.after_skipped_update(state, proposed)
+  assert int(kept.mini_step) == 1  # the window advanced
+  for leaf in jax.tree.leaves(kept.acc_grads):
+    assert np.all(np.isfinite(leaf)) and not np.any(leaf)  # nothing of the bad gradient was accumulated
+  _assert_same(kept.inner_opt_state, state.inner_opt_state)
+  updates, state = tx.update(_toy_grads(1), kept, params)
+  assert bool(optimizer.step_applied(state))  # the second micro-step closes the window as usual
+  assert all(np.all(np.isfinite(u)) for u in jax.tree.leaves(updates))
+  single = optimizer.make_optimizer(_config(grad_accum_steps=1, zclip={"warmup_steps": 1}))
+  single_state = single.init(params)
+  _, proposed = single.update(bad, single_state, params)
+  _assert_same(optimizer.after_skipped_update(single_state, proposed), single_state)
+
+
+def _assert_same(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)

@@ -185,3 +185,40 @@ def test_too_many_nonfinite_steps_stop_the_run():
   pending.set({"loss": np.nan, "nonfinite": 3.0}, 5, (8, 32, 32, 3), timed=False)
   with pytest.raises(loop.NonFiniteError, match="3 consecutive steps up to step 5 had a non-finite loss"):
     loop._report(config, pending, timer, writer=Writer(), bar=Bar())  # pylint: disable=protected-access
+
+
+def test_resume_with_another_kernel_and_remat_policy_is_allowed(straight_and_resumed):
+  from pixelhdm_jax.train.checkpoint import RunCheckpoints
+  straight, _ = straight_and_resumed
+  config = tiny_run_config(num_steps=6)
+  config.model.update(attention="xla", remat_policy="full", compute_dtype="float32")
+  config.text.path = "/moved/encoder"
+  checkpoints = RunCheckpoints(straight / "checkpoints", keep=3)
+  checkpoints.check_config(6, config)  # no error: the weights mean the same
+  config.model.mlp_ratio = 2.0
+  with pytest.raises(CheckpointError, match="model.mlp_ratio: checkpoint 3.0, this run 2.0"):
+    checkpoints.check_config(6, config)
+  checkpoints.close()
+
+
+def test_repa_stops_at_its_early_stop_step(tmp_path):
+  """From `loss.repa_early_stop` optimizer steps on, a second program without DINOv3 runs (REPA term 0)."""
+  config = tiny_run_config(num_steps=4)
+  config.loss.repa_early_stop = 2
+  train_and_evaluate(config, tmp_path)
+  repa = {m["step"]: m["loss_repa"] for m in _metrics(tmp_path)}
+  assert repa[1] > 0 and repa[2] > 0 and repa[3] == 0 and repa[4] == 0
+  lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert max(line.get("compiled_programs", 0) for line in lines) == 2
+
+
+def test_resume_with_another_worker_count_continues_exactly(straight_and_resumed, tmp_path, caplog):
+  """Grain's saved state depends on the worker count; the loop then restarts the loader at the step."""
+  straight, _ = straight_and_resumed
+  config = tiny_run_config(num_steps=3)
+  config.data.num_workers = 1
+  train_and_evaluate(config, tmp_path)
+  train_and_evaluate(tiny_run_config(num_steps=6), tmp_path)  # 0 workers
+  assert "rebuilding the data loader at batch 3" in caplog.text
+  losses = {m["step"]: m["loss"] for m in _metrics(straight)}
+  assert {m["step"]: m["loss"] for m in _metrics(tmp_path)} == losses

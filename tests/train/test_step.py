@@ -15,10 +15,11 @@ from tests.train.conftest import tiny_run_config
 
 
 @contextlib.contextmanager
-def _fresh_run(mesh_shape, devices):
+def _fresh_run(mesh_shape, devices, grad_accum_steps=1):
   """(trainer, data iterator, initial state, rng) of the tiny run on a mesh over `devices`."""
   config = tiny_run_config()
   config.mesh.shape = mesh_shape
+  config.optim.grad_accum_steps = grad_accum_steps
   mesh = parallel.create_mesh(config.mesh, devices)
   rules = parallel.logical_rules(config.mesh)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -72,3 +73,23 @@ def test_nonfinite_step_changes_nothing():
     assert int(state.step) == 2 and int(state.nonfinite_total) == 2
   for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_ema_follows_optimizer_steps_only():
+  """With 2 micro-steps per optimizer step the EMA moves once, after the second, by the EMA formula."""
+  with _fresh_run((1, 1, 1), jax.devices()[:1], grad_accum_steps=2) as (trainer, loader, state, rng):
+    decay = trainer.config.optim.ema_decay
+    ema0 = jax.device_get(state.ema)
+    state, _ = trainer.steps[True](state, trainer.global_batch(next(loader)), rng)
+    params1, ema1 = jax.device_get((state.params["model"], state.ema))
+    state, _ = trainer.steps[True](state, trainer.global_batch(next(loader)), rng)
+    params2, ema2 = jax.device_get((state.params["model"], state.ema))
+  for p0, p1 in zip(jax.tree.leaves(params1), jax.tree.leaves(ema0)):
+    np.testing.assert_array_equal(p0, p1)  # a micro-step changes neither the params nor the EMA
+  for e0, e1 in zip(jax.tree.leaves(ema0), jax.tree.leaves(ema1)):
+    np.testing.assert_array_equal(e0, e1)
+  moved = False
+  for e0, p, e2 in zip(jax.tree.leaves(ema0), jax.tree.leaves(params2), jax.tree.leaves(ema2)):
+    np.testing.assert_allclose(e2, decay * e0 + (1 - decay) * p, rtol=1e-6, atol=1e-7)
+    moved |= not np.array_equal(e0, e2)
+  assert moved
