@@ -111,3 +111,12 @@ def test_image_grid_rows_of_columns():
   grid = np.asarray(image_grid(images, columns=2))
   assert grid.shape == (4, 4, 3)
   np.testing.assert_array_equal(grid[::2, ::2, 0], [[0, 1], [2, 0]])
+
+
+def test_seed_and_guidance_scale_do_not_recompile():
+  """The sampling loop compiles once per shape/sampler/steps; the seed and the guidance scale are inputs."""
+  config = base.get_config("tiny")
+  fresh = Pipeline(config, random_params(PixelHDM.from_config(config.model)), build_text_encoder(config))
+  for seed, scale in ((0, 4.0), (1, 5.0), (2, 2.5)):
+    fresh.generate(PROMPTS, seed=seed, guidance=Guidance(scale=scale), **FAST)
+  assert fresh._sample_batch._cache_size() == 1  # pylint: disable=protected-access
