@@ -12,8 +12,12 @@ Sources are pickled into Grain's worker processes, so they open files lazily.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import pathlib
+import re
+import tempfile
 from typing import Protocol
 
 import numpy as np
@@ -47,6 +51,47 @@ def as_text(value) -> str:
   if isinstance(value, bytes):
     return value.decode("utf-8", errors="replace").strip()
   return str(value).strip()
+
+
+def size_cache_dir() -> pathlib.Path:
+  """Where TFDS image sizes are cached: `$PIXELHDM_CACHE_DIR/image_sizes`, else
+  `$XDG_CACHE_HOME/pixelhdm_jax/image_sizes` (default `~/.cache/...`)."""
+  root = os.environ.get("PIXELHDM_CACHE_DIR")
+  if not root:
+    root = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "pixelhdm_jax"
+  return pathlib.Path(root) / "image_sizes"
+
+
+def load_sizes(path: pathlib.Path, count: int) -> np.ndarray | None:
+  """The cached (count, 2) sizes at `path`, or None (logged) when the file is missing, unreadable or wrong."""
+  try:
+    with open(path, "rb") as file:
+      sizes = np.lib.format.read_array(file, allow_pickle=False)  # a .npy file only
+  except (FileNotFoundError, NotADirectoryError):
+    return None
+  except Exception as error:  # noqa: BLE001  (any broken file means: read the headers again)
+    logging.warning("ignoring unreadable image-size cache %s (%s): reading the headers again", path, error)
+    return None
+  if sizes.shape != (count, 2) or sizes.dtype.kind not in "iu" or (sizes < 0).any():
+    logging.warning("ignoring image-size cache %s: it holds %s %s, not (%d, 2) sizes >= 0: reading the headers "
+                    "again", path, sizes.dtype, sizes.shape, count)
+    return None
+  return sizes.astype(np.int64)
+
+
+def save_sizes(path: pathlib.Path, sizes: np.ndarray) -> None:
+  """Writes `sizes` atomically (a temp file, then a rename); a cache that cannot be written is only logged."""
+  temp = None
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    with os.fdopen(descriptor, "wb") as file:
+      np.save(file, sizes)
+    os.replace(temp, path)
+  except OSError as error:
+    logging.warning("cannot write the image-size cache %s (%s): going on without it", path, error)
+    if temp is not None and os.path.exists(temp):
+      os.remove(temp)
 
 
 class _LazyDataSource:
@@ -104,8 +149,8 @@ class FolderSource(_LazyDataSource):
 class TfdsSource(_LazyDataSource):
   """Any TFDS dataset stored in ArrayRecord format, with an image feature and a text feature.
 
-  Image sizes come from the feature's static shape, or else from each image's header (read once at
-  start-up, without decoding pixels).
+  Image sizes come from the feature's static shape, or else from each image's header (read without
+  decoding pixels, then cached under `size_cache_dir()` so a restart skips it).
   """
 
   def __init__(self, name: str, data_dir: str | None = None, split: str = "train", image_feature: str = "image",
@@ -114,7 +159,10 @@ class TfdsSource(_LazyDataSource):
     self.name, self.data_dir, self.split = name, data_dir or None, split
     self.image_feature, self.caption_feature = image_feature, caption_feature
     self.jpeg_draft = jpeg_draft
-    features = self._builder().info.features
+    builder = self._builder()
+    info = builder.info
+    self._version, self._location = str(info.version), str(builder.data_dir)
+    features = info.features
     for feature in (image_feature, caption_feature):
       if feature not in features:
         raise KeyError(f"TFDS dataset {name!r} has no feature {feature!r} (it has {sorted(features)}): set "
@@ -133,13 +181,35 @@ class TfdsSource(_LazyDataSource):
     if len(self._shape) == 3 and None not in self._shape[:2]:
       height, width = self._shape[:2]
       return buckets.assign(np.full(len(self), width), np.full(len(self), height))
+    sizes = self.image_sizes()
+    return buckets.assign(sizes[:, 0], sizes[:, 1])
+
+  def image_sizes(self) -> np.ndarray:
+    """(N, 2) int64 (width, height) of every record, 0 for a broken one: from the cache, else the headers.
+
+    Sizes rather than bucket ids are cached, so changed bucket settings reuse the cache.
+    """
+    key = json.dumps([self._location, self.name, self._version, self.split, self.image_feature, len(self)])
+    stem = re.sub(r"[^\w.-]+", "_", f"{self.name}-{self._version}-{self.split}")
+    path = size_cache_dir() / f"{stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
+    sizes = load_sizes(path, len(self))
+    if sizes is None:
+      sizes = self._read_sizes()
+      save_sizes(path, sizes)
+    return sizes
+
+  def _read_sizes(self) -> np.ndarray:
     sizes = np.zeros((len(self), 2), np.int64)
+    broken = 0
     for i in tqdm.trange(len(self), desc=f"reading image sizes of {self.name}", unit="img"):
       try:
         sizes[i] = self._image(self.data_source[i][self.image_feature], None).size
       except Exception:  # noqa: BLE001  (a broken record gets bucket 0; loading it later substitutes another)
-        sizes[i] = 0
-    return buckets.assign(sizes[:, 0], sizes[:, 1])
+        broken += 1
+    if broken:
+      logging.warning("%d of %d records of %s have an unreadable image: they go to bucket 0 and are replaced "
+                      "by another record when loaded", broken, len(self), self.name)
+    return sizes
 
   def _image(self, value, size: tuple[int, int] | None) -> Image.Image:
     if isinstance(value, bytes):

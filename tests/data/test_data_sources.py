@@ -1,6 +1,8 @@
-"""Sources and preprocessing: synthetic shapes, any TFDS dataset, cover-resize / crop / flip, config checks."""
+"""Sources and preprocessing: synthetic shapes, any TFDS dataset (and its image-size cache), cover-resize / crop /
+flip, config checks."""
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from configs import base
 from pixelhdm_jax.config import ConfigError, validate
 from pixelhdm_jax.data import AspectRatioBucket, SyntheticSource, TfdsSource, build_train_loader
 from pixelhdm_jax.data.images import cover_crop, open_image
+from pixelhdm_jax.data.sources import size_cache_dir
 from pixelhdm_jax.data.synthetic import COLOURS
 from pixelhdm_jax.encoders.tokenizers import ByteTokenizer
 
@@ -65,25 +68,133 @@ class CaptionedPhotos(tfds.core.GeneratorBasedBuilder):
       yield i, {"photo": buffer.getvalue(), "text": f"photo {i}"}
 
 
-def test_any_tfds_dataset_with_image_and_text(tmp_path, tiny_config):
-  builder = CaptionedPhotos(data_dir=str(tmp_path), file_format="array_record")
-  builder.download_and_prepare(download_dir=str(tmp_path / "downloads"))
+@pytest.fixture(autouse=True)
+def size_cache(tmp_path, monkeypatch):
+  """Every test here caches TFDS image sizes under tmp_path, never in the user's ~/.cache."""
+  monkeypatch.setenv("PIXELHDM_CACHE_DIR", str(tmp_path / "cache"))
+  return tmp_path / "cache" / "image_sizes"
+
+
+@pytest.fixture(scope="module")
+def photos_dir(tmp_path_factory):
+  """A TFDS data_dir holding `captioned_photos` as ArrayRecord (built once for the module)."""
+  data_dir = tmp_path_factory.mktemp("tfds")
+  builder = CaptionedPhotos(data_dir=str(data_dir), file_format="array_record")
+  builder.download_and_prepare(download_dir=str(data_dir / "downloads"))
+  return str(data_dir)
+
+
+def photos(data_dir: str, **kwargs) -> TfdsSource:
+  return TfdsSource("captioned_photos", data_dir, image_feature="photo", caption_feature="text", **kwargs)
+
+
+def record_sizes(source: TfdsSource) -> np.ndarray:
+  """(width, height) of each record in stored order, known from the index in its caption."""
+  order = [int(source.data_source[i]["text"].decode().split()[1]) for i in range(len(source))]
+  return np.array([(120 - 5 * i, 40 + 10 * i) for i in order])
+
+
+def test_any_tfds_dataset_with_image_and_text(photos_dir, tiny_config):
   with pytest.raises(KeyError, match="has no feature 'caption'.*data.image_feature / data.caption_feature"):
-    TfdsSource("captioned_photos", str(tmp_path), image_feature="photo")
-  source = TfdsSource("captioned_photos", str(tmp_path), image_feature="photo", caption_feature="text")
+    TfdsSource("captioned_photos", photos_dir, image_feature="photo")
+  source = photos(photos_dir)
   buckets = AspectRatioBucket(32, 64, 16)
-  sizes = [(120 - 5 * i, 40 + 10 * i) for i in range(12)]
-  records = [source.data_source[i] for i in range(12)]
-  order = [int(r["text"].decode().split()[1]) for r in records]
-  np.testing.assert_array_equal(source.bucket_ids(buckets), [buckets.bucket_for(*sizes[i]) for i in order])
+  sizes = record_sizes(source)
+  np.testing.assert_array_equal(source.bucket_ids(buckets), [buckets.bucket_for(*size) for size in sizes])
   image, caption = source.example(0, (32, 32))
-  assert caption == f"photo {order[0]}" and image.size[0] >= 32 and image.size[1] >= 32
-  tiny_config.data.update(source="tfds", tfds_name="captioned_photos", path=str(tmp_path), image_feature="photo",
+  assert caption == source.data_source[0]["text"].decode() and image.size[0] >= 32 and image.size[1] >= 32
+  tiny_config.data.update(source="tfds", tfds_name="captioned_photos", path=photos_dir, image_feature="photo",
                           caption_feature="text", sampler="random")
   tiny_config.train.batch_size = 2
   batch = next(build_train_loader(tiny_config, ByteTokenizer(32)))
   width, height = buckets[int(batch["bucket_id"][0])]
   assert batch["images"].shape == (2, height, width, 3)
+
+
+def no_header_reads(self):
+  raise AssertionError("the image headers were read again")
+
+
+def test_image_sizes_are_cached_so_a_restart_reads_no_header(photos_dir, size_cache, monkeypatch):
+  buckets = AspectRatioBucket(32, 64, 16)
+  ids = photos(photos_dir).bucket_ids(buckets)
+  [path] = size_cache.iterdir()  # one .npy file, no temp file left behind
+  assert path.suffix == ".npy" and "captioned_photos-1.0.0-train" in path.name
+  monkeypatch.setattr(TfdsSource, "_read_sizes", no_header_reads)
+  source = photos(photos_dir)
+  np.testing.assert_array_equal(source.bucket_ids(buckets), ids)
+  sizes = record_sizes(source)
+  np.testing.assert_array_equal(np.load(path), sizes)
+  other = AspectRatioBucket(32, 128, 16)  # sizes, not ids, are cached: new bucket settings reuse them
+  np.testing.assert_array_equal(source.bucket_ids(other), other.assign(sizes[:, 0], sizes[:, 1]))
+  with pytest.raises(AssertionError, match="headers were read again"):  # another split is another cache file
+    photos(photos_dir, split="train[:6]").bucket_ids(buckets)
+
+
+CORRUPT_CACHES = [
+    (lambda path: path.write_bytes(b"not a .npy file"), r"unreadable image-size cache"),
+    (lambda path: path.write_bytes(path.read_bytes()[:-40]), r"unreadable image-size cache"),
+    (lambda path: np.save(path, np.zeros((11, 2), np.int64)), r"holds int64 \(11, 2\), not \(12, 2\)"),
+    (lambda path: np.save(path, np.zeros((12, 2))), r"holds float64 \(12, 2\)"),
+    (lambda path: np.save(path, -np.ones((12, 2), np.int64)), r"not \(12, 2\) sizes >= 0"),
+]
+
+
+@pytest.mark.parametrize("corrupt,message", CORRUPT_CACHES,
+                         ids=["garbage", "truncated", "too_short", "float", "negative"])
+def test_a_broken_size_cache_is_logged_read_again_and_replaced(photos_dir, size_cache, caplog, corrupt, message):
+  buckets = AspectRatioBucket(32, 64, 16)
+  ids = photos(photos_dir).bucket_ids(buckets)
+  [path] = size_cache.iterdir()
+  corrupt(path)
+  source = photos(photos_dir)
+  np.testing.assert_array_equal(source.bucket_ids(buckets), ids)
+  assert re.search(message, caplog.text), caplog.text
+  np.testing.assert_array_equal(np.load(path), record_sizes(source))
+  assert list(size_cache.iterdir()) == [path]
+
+
+def test_an_unwritable_size_cache_is_skipped_with_a_warning(photos_dir, tmp_path, monkeypatch, caplog):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  monkeypatch.setenv("PIXELHDM_CACHE_DIR", str(blocker))
+  buckets = AspectRatioBucket(32, 64, 16)
+  source = photos(photos_dir)
+  sizes = record_sizes(source)
+  np.testing.assert_array_equal(source.bucket_ids(buckets), buckets.assign(sizes[:, 0], sizes[:, 1]))
+  assert "cannot write the image-size cache" in caplog.text and blocker.read_text() == ""
+
+
+def test_unreadable_records_are_counted_in_one_warning_and_go_to_bucket_zero(photos_dir, monkeypatch, caplog):
+  read = TfdsSource._image
+
+  def tall_images_fail(self, value, size):
+    image = read(self, value, size)
+    if image.size[1] >= 100:
+      raise OSError("truncated")
+    return image
+
+  monkeypatch.setattr(TfdsSource, "_image", tall_images_fail)
+  buckets = AspectRatioBucket(32, 64, 16)
+  source = photos(photos_dir)
+  ids = source.bucket_ids(buckets)
+  sizes = record_sizes(source)
+  broken = sizes[:, 1] >= 100
+  np.testing.assert_array_equal(ids[broken], 0)
+  np.testing.assert_array_equal(ids[~broken], buckets.assign(sizes[~broken, 0], sizes[~broken, 1]))
+  warnings = [r.getMessage() for r in caplog.records if "unreadable image" in r.getMessage()]
+  assert len(warnings) == 1 and warnings[0].startswith("6 of 12 records of captioned_photos"), warnings
+
+
+def test_size_cache_dir_follows_xdg_unless_pixelhdm_cache_dir_is_set(tmp_path, monkeypatch):
+  monkeypatch.delenv("PIXELHDM_CACHE_DIR")
+  monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  assert size_cache_dir() == tmp_path / "home" / ".cache" / "pixelhdm_jax" / "image_sizes"
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  assert size_cache_dir() == tmp_path / "xdg" / "pixelhdm_jax" / "image_sizes"
+  monkeypatch.setenv("PIXELHDM_CACHE_DIR", str(tmp_path / "mine"))
+  assert size_cache_dir() == tmp_path / "mine" / "image_sizes"
 
 
 BAD_DATA = [
