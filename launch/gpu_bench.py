@@ -26,16 +26,9 @@ _BUDGET = flags.DEFINE_float("budget_s", 450.0, "Wall-clock budget; runs that no
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  dry = _DRY_RUN.value
-  preset = "tiny" if dry else "default"
-  sizes = [int(s) for s in _SIZES.value or (("64", "32") if dry else ("512", "256"))]
-  train_batch = {size: 8 if dry else (32 if size >= 512 else 64) for size in sizes}
-  runs = bench_suite.plan(sizes, _KERNELS.value or (("xla",) if dry else bench_suite.GPU_KERNELS), _MODES.value,
-                          _REMAT.value, train_batch, sample_batch=8)
-  steps = {"train": 2, "sample": 1} if dry else {"train": 10, "sample": 3}
-  overrides = ("--config.sample.num_steps=2", "--warmup=1") if dry else ()
-  records = bench_suite.run_all(runs, preset=preset, steps=steps, output_dir=_OUTPUT.value, budget_s=_BUDGET.value,
-                                overrides=overrides)
+  suite = bench_suite.gpu_suite(_SIZES.value, _KERNELS.value, _MODES.value, _REMAT.value, dry_run=_DRY_RUN.value)
+  records = bench_suite.run_all(suite.runs, preset=suite.preset, steps=suite.steps, output_dir=_OUTPUT.value,
+                                budget_s=_BUDGET.value, overrides=suite.overrides)
   print(bench_suite.summarize(records, _OUTPUT.value))
   print(f"results in {_OUTPUT.value}/ (summary.md, summary.json, one JSON and log per run)")
 

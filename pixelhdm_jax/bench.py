@@ -56,19 +56,6 @@ def synthetic_batch(tokenizer, batch_size: int, height: int, width: int, seed: i
   return {"images": images, "token_ids": ids, "token_mask": mask}
 
 
-def _text_shape(text_encoder, hidden_layer: int) -> flops.EncoderShape:
-  a = text_encoder.module.arch
-  return flops.EncoderShape(layers=a.layers_run(hidden_layer), hidden=a.hidden_size, mlp_hidden=a.intermediate_size,
-                            num_heads=a.num_heads, num_kv_heads=a.num_kv_heads, head_dim=a.head_dim, gated_mlp=True)
-
-
-def _dino_shape(teacher) -> flops.EncoderShape:
-  a = teacher.module.arch
-  return flops.EncoderShape(layers=a.num_layers, hidden=a.hidden_size, mlp_hidden=a.intermediate_size,
-                            num_heads=a.num_heads, num_kv_heads=a.num_heads, head_dim=a.head_dim,
-                            gated_mlp=a.gated_mlp)
-
-
 def _timed(step: Callable[[], Any], steps: int, warmup: int) -> list[float]:
   """Seconds of each of `steps` calls of `step` (which blocks until its outputs are ready), after `warmup`."""
   for _ in range(warmup):
@@ -100,9 +87,9 @@ def _train(config, mesh, rules, height, width, batch_size, steps, warmup) -> dic
 
   times = _timed(step, steps, warmup)
   text_length = config.text.max_length
-  encoder = flops.text_encoder_flops(text_length, _text_shape(trainer.text_encoder, config.text.hidden_layer))
+  encoder = flops.text_encoder_flops(text_length, trainer.text_encoder.module.arch, config.text.hidden_layer)
   if repa:
-    encoder += flops.dino_flops(height, width, _dino_shape(trainer.teacher))
+    encoder += flops.dino_flops(height, width, trainer.teacher.module.arch)
   return {"compile_s": compile_s, "times": times, "compiled": compiled, "repa": repa,
           "model_flops": batch_size * flops.train_step_flops(config.model, height, width, text_length),
           "encoder_flops": batch_size * encoder}
@@ -126,7 +113,7 @@ def _sample(config, mesh, rules, height, width, batch_size, steps, warmup) -> di
   passes = 1 if Guidance.from_config(s).is_off else 2  # guided: conditional and unconditional in one batch
   text_length = config.text.max_length
   forward = flops.forward_flops(config.model, height, width, text_length).total
-  encoder = 2 * flops.text_encoder_flops(text_length, _text_shape(text_encoder, config.text.hidden_layer))
+  encoder = 2 * flops.text_encoder_flops(text_length, text_encoder.module.arch, config.text.hidden_layer)
   return {"compile_s": compile_s, "times": times, "compiled": compiled, "sampler": s.sampler,
           "num_steps": s.num_steps, "network_passes": evaluations * passes,
           "model_flops": batch_size * evaluations * passes * forward, "encoder_flops": batch_size * encoder}

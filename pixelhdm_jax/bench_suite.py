@@ -35,6 +35,14 @@ class Run(NamedTuple):
     return f"{self.mode}_{self.size}_{self.kernel}{remat}_b{self.batch_size}"
 
 
+class Suite(NamedTuple):
+  """The runs of a suite in priority order and what they share (the arguments of `run_all`)."""
+  runs: list[Run]
+  preset: str
+  steps: dict[str, int]  # timed steps per mode
+  overrides: tuple[str, ...]  # extra `launch/bench.py` flags
+
+
 def plan(sizes: Sequence[int], kernels: Sequence[str], modes: Sequence[str], remat_policies: Sequence[str],
          train_batch: dict[int, int], sample_batch: int) -> list[Run]:
   """Runs in priority order: the first size first, then modes, kernels and remat policies (train runs only;
@@ -43,6 +51,21 @@ def plan(sizes: Sequence[int], kernels: Sequence[str], modes: Sequence[str], rem
   return [Run(mode, size, kernel, remat, train_batch[size] if mode == "train" else sample_batch)
           for size in sizes for mode in modes for kernel in kernels
           for remat in (policies if mode == "train" else [None])]
+
+
+def gpu_suite(sizes: Sequence[int | str] | None = None, kernels: Sequence[str] | None = None,
+              modes: Sequence[str] = ("train", "sample"), remat_policies: Sequence[str] = (), *,
+              dry_run: bool = False) -> Suite:
+  """The runs of `launch/gpu_bench.py`: `default` at 512 then 256 px (train batch 32 / 64, 10 timed steps;
+  sample batch 8, 3 timed loops), each of `GPU_KERNELS`. `dry_run` takes the same path on a CPU: `tiny` at 64
+  and 32 px, kernel xla, train batch 8, 2 / 1 timed steps, 2 sampling steps. Empty `sizes` / `kernels`: those."""
+  sizes = [int(s) for s in sizes or ((64, 32) if dry_run else (512, 256))]
+  train_batch = {size: 8 if dry_run else (32 if size >= 512 else 64) for size in sizes}
+  runs = plan(sizes, kernels or (("xla",) if dry_run else GPU_KERNELS), modes, remat_policies, train_batch,
+              sample_batch=8)
+  if dry_run:
+    return Suite(runs, "tiny", {"train": 2, "sample": 1}, ("--config.sample.num_steps=2", "--warmup=1"))
+  return Suite(runs, "default", {"train": 10, "sample": 3}, ())
 
 
 def command(run: Run, *, preset: str, steps: dict[str, int], json_path: pathlib.Path,

@@ -13,6 +13,9 @@ from typing import NamedTuple
 
 import ml_collections
 
+from pixelhdm_jax.encoders.dinov3 import DINOV3_VITB16, DINOv3Arch
+from pixelhdm_jax.encoders.qwen3 import QWEN3_0_6B, Qwen3Arch
+
 TRAIN_STEP_FACTOR = 3  # forward + backward (2x), model FLOPs only
 
 
@@ -78,12 +81,18 @@ class EncoderShape(NamedTuple):
   gated_mlp: bool  # SwiGLU (3 matrices) or GELU MLP (2)
 
 
-QWEN3_0_6B = EncoderShape(layers=28, hidden=1024, mlp_hidden=3072, num_heads=16, num_kv_heads=8, head_dim=128,
-                          gated_mlp=True)
-DINOV3_VITB16 = EncoderShape(layers=12, hidden=768, mlp_hidden=3072, num_heads=12, num_kv_heads=12, head_dim=64,
-                             gated_mlp=False)
-DINOV3_PATCH = 16
-DINOV3_EXTRA_TOKENS = 5  # CLS + 4 registers
+def _qwen3_shape(arch: Qwen3Arch, hidden_layer: int = -1) -> EncoderShape:
+  """The shapes of the Qwen3 layers that produce `hidden_states[hidden_layer]`."""
+  return EncoderShape(layers=arch.layers_run(hidden_layer), hidden=arch.hidden_size,
+                      mlp_hidden=arch.intermediate_size, num_heads=arch.num_heads, num_kv_heads=arch.num_kv_heads,
+                      head_dim=arch.head_dim, gated_mlp=True)
+
+
+def _dinov3_shape(arch: DINOv3Arch) -> EncoderShape:
+  """The shapes of a DINOv3 ViT's blocks (multi-head attention: as many k/v heads as query heads)."""
+  return EncoderShape(layers=arch.num_layers, hidden=arch.hidden_size, mlp_hidden=arch.intermediate_size,
+                      num_heads=arch.num_heads, num_kv_heads=arch.num_heads, head_dim=arch.head_dim,
+                      gated_mlp=arch.gated_mlp)
 
 
 def encoder_flops(shape: EncoderShape, seq: int) -> float:
@@ -95,16 +104,17 @@ def encoder_flops(shape: EncoderShape, seq: int) -> float:
   return 2.0 * shape.layers * (per_token * seq + attention)
 
 
-def text_encoder_flops(text_len: int, shape: EncoderShape = QWEN3_0_6B) -> float:
-  """Qwen3 forward FLOPs for one prompt of `text_len` tokens."""
-  return encoder_flops(shape, text_len)
+def text_encoder_flops(text_len: int, arch: Qwen3Arch = QWEN3_0_6B, hidden_layer: int = -1) -> float:
+  """Qwen3 forward FLOPs for one prompt of `text_len` tokens, up to `hidden_states[hidden_layer]`."""
+  return encoder_flops(_qwen3_shape(arch, hidden_layer), text_len)
 
 
-def dino_flops(height: int, width: int, shape: EncoderShape = DINOV3_VITB16) -> float:
-  """DINOv3 forward FLOPs for one image (patch embedding included)."""
-  patches = (height // DINOV3_PATCH) * (width // DINOV3_PATCH)
-  patchify = 2.0 * patches * DINOV3_PATCH * DINOV3_PATCH * 3 * shape.hidden
-  return patchify + encoder_flops(shape, patches + DINOV3_EXTRA_TOKENS)
+def dino_flops(height: int, width: int, arch: DINOv3Arch = DINOV3_VITB16) -> float:
+  """DINOv3 forward FLOPs for one image (patch embedding included; CLS and register tokens attend too)."""
+  p = arch.patch_size
+  patches = (height // p) * (width // p)
+  patchify = 2.0 * patches * p * p * 3 * arch.hidden_size
+  return patchify + encoder_flops(_dinov3_shape(arch), patches + 1 + arch.num_register_tokens)
 
 
 # Dense bf16 peak FLOP/s per chip (datasheets), matched against `jax.Device.device_kind`, lower-cased:

@@ -49,6 +49,9 @@ class DINOv3Arch:
     return self.hidden_size // self.num_heads
 
 
+DINOV3_VITB16 = DINOv3Arch()  # PixelHDM's REPA teacher
+
+
 def rope_tables(grid_h: int, grid_w: int, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
   """(cos, sin) (h*w, head_dim): angles 2*pi*coord*theta^(-4k/head_dim) for y then x, tiled twice."""
   inv_freq = 1.0 / theta ** (jnp.arange(head_dim // 4, dtype=jnp.float32) * 4 / head_dim)
@@ -135,7 +138,7 @@ class DINOv3Layer(nn.Module):
 
 class DINOv3ViT(nn.Module):
   """Images (B, H, W, 3) in [-1, 1] -> normed patch tokens (B, H/p * W/p, C), raster order, no gradient."""
-  arch: DINOv3Arch = DINOv3Arch()
+  arch: DINOv3Arch = DINOV3_VITB16
   kernel: str = "xla"
   dtype: Dtype = jnp.float32
 

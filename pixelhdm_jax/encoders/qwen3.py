@@ -44,6 +44,9 @@ class Qwen3Arch:
     return self.num_layers if hidden_layer == -1 else self.num_layers + 1 + hidden_layer
 
 
+QWEN3_0_6B = Qwen3Arch()  # PixelHDM's text encoder
+
+
 class TextEncoding(NamedTuple):
   hidden: jax.Array  # (B, T, D) hidden states in the compute dtype, pads included
   mask: jax.Array  # (B, T) bool, True = valid token
@@ -99,7 +102,7 @@ class Qwen3Layer(nn.Module):
 
 class Qwen3Encoder(nn.Module):
   """Token ids (B, T) and validity mask (B, T) -> `TextEncoding` (outputs carry no gradient)."""
-  arch: Qwen3Arch = Qwen3Arch()
+  arch: Qwen3Arch = QWEN3_0_6B
   hidden_layer: int = -1
   dtype: Dtype = jnp.float32
 

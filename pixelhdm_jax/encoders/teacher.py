@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from pixelhdm_jax.config import RANDOM_ENCODER_SOURCES, ConfigError
-from pixelhdm_jax.encoders.dinov3 import DINOv3Arch, DINOv3ViT
+from pixelhdm_jax.encoders.dinov3 import DINOV3_VITB16, DINOv3Arch, DINOv3ViT
+from pixelhdm_jax.encoders.transformer import random_params
 from pixelhdm_jax.models.layers import compute_dtype
 from pixelhdm_jax.weights.hf import resolve_checkpoint
 from pixelhdm_jax.weights.hf_dinov3 import abstract_params, load_dinov3
@@ -57,13 +57,11 @@ def build_dino_teacher(config: ml_collections.ConfigDict, *, with_params: bool =
   dtype = compute_dtype(d.compute_dtype)
   kernel = config.model.attention
   if d.source in RANDOM_ENCODER_SOURCES:
-    arch = TINY_DINOV3 if d.source == "random" else DINOv3Arch()
+    arch = TINY_DINOV3 if d.source == "random" else DINOV3_VITB16
     module = DINOv3ViT(arch, kernel, dtype)
-    if not with_params:
-      return DinoTeacher(module, None)
-    images = jnp.zeros((1, arch.patch_size, arch.patch_size, 3), jnp.float32)
-    params = jax.jit(module.init)(jax.random.PRNGKey(RANDOM_DINOV3_SEED), images)["params"]
-    return DinoTeacher(module, nn.unbox(params))
+    images = np.zeros((1, arch.patch_size, arch.patch_size, 3), np.float32)  # host: AOT has no device
+    params = random_params(module, RANDOM_DINOV3_SEED, images) if with_params else None
+    return DinoTeacher(module, params)
   if not with_params:
     raise ConfigError("a teacher without params (AOT compiles) needs dino.source=random or random_full")
   path = resolve_checkpoint(d, "dino", DINOV3_FILES)

@@ -13,14 +13,14 @@ from __future__ import annotations
 import functools
 from typing import Any, Sequence
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from pixelhdm_jax.config import RANDOM_ENCODER_SOURCES, ConfigError
-from pixelhdm_jax.encoders.qwen3 import Qwen3Arch, Qwen3Encoder, TextEncoding
+from pixelhdm_jax.encoders.qwen3 import QWEN3_0_6B, Qwen3Arch, Qwen3Encoder, TextEncoding
 from pixelhdm_jax.encoders.tokenizers import QWEN3_FILES, ByteTokenizer, Tokenizer, build_tokenizer
+from pixelhdm_jax.encoders.transformer import random_params
 from pixelhdm_jax.models.layers import compute_dtype
 from pixelhdm_jax.weights.hf import CheckpointError, read_config, resolve_checkpoint
 from pixelhdm_jax.weights.hf_qwen3 import ARCHITECTURES, MODEL_TYPE, abstract_params, arch_from_config, load_qwen3
@@ -82,7 +82,7 @@ def build_text_encoder(config: ml_collections.ConfigDict, *, with_params: bool =
   if t.source == "random":
     arch = tiny_qwen3_arch(config.model.text_dim)
   elif t.source == "random_full":
-    arch = Qwen3Arch()
+    arch = QWEN3_0_6B
   else:
     path = resolve_checkpoint(t, "text", QWEN3_FILES)
     arch = arch_from_config(read_config(path, MODEL_TYPE, ARCHITECTURES))
@@ -97,10 +97,8 @@ def build_text_encoder(config: ml_collections.ConfigDict, *, with_params: bool =
                           f"{arch.vocab_size}: text.path must hold a matching tokenizer")
   if t.source in RANDOM_ENCODER_SOURCES:
     module = Qwen3Encoder(arch, t.hidden_layer, dtype)
-    if not with_params:
-      return TextEncoder(tokenizer, module, None)
-    ids = jnp.zeros((1, 1), jnp.int32)
-    params = jax.jit(module.init)(jax.random.PRNGKey(RANDOM_QWEN3_SEED), ids, ids)["params"]
-    return TextEncoder(tokenizer, module, nn.unbox(params))
+    ids = np.zeros((1, 1), np.int32)  # host arrays: an AOT compile has no device to run on
+    params = random_params(module, RANDOM_QWEN3_SEED, ids, ids) if with_params else None
+    return TextEncoder(tokenizer, module, params)
   module, params = load_qwen3(path, t.hidden_layer, dtype)
   return TextEncoder(tokenizer, module, params)

@@ -1,10 +1,12 @@
-"""Pieces shared by the Qwen3 and DINOv3 ports: rotate-half RoPE and the scanned layer stack.
+"""Pieces shared by the Qwen3 and DINOv3 ports: rotate-half RoPE, the scanned layer stack, random params.
 
 Both Hugging Face models rotate the two halves of each head (`rotate_half`), unlike the interleaved pairs
 of the PixelHDM network's mRoPE (`models/rope.py`), so the encoders keep their own rotation.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -29,3 +31,8 @@ def layer_stack(layer_cls: type[nn.Module], count: int, num_broadcast: int, name
                     in_axes=(nn.broadcast,) * num_broadcast, length=count,
                     metadata_params={nn.PARTITION_NAME: "layers"})
   return scanned(name=name, **attrs)
+
+
+def random_params(module: nn.Module, seed: int, *example_inputs: jax.Array) -> Any:
+  """`module`'s params initialised from the fixed `seed`, unboxed: the random encoder sources."""
+  return nn.unbox(jax.jit(module.init)(jax.random.PRNGKey(seed), *example_inputs)["params"])
