@@ -1,29 +1,36 @@
-r"""Compiles the train step ahead of time for a TPU topology (or this host's devices) and reports memory per chip.
+r"""Compiles the train step ahead of time for a TPU slice, a GPU model or this host's devices; reports memory per chip.
 
   python launch/compile.py --config=configs/base.py:default --topology=v5p-256 --batch_size=1024 \
       --height=512 --width=512 --config.mesh.shape="(1,-1,1)"
   python launch/compile.py --config=configs/base.py:default --topology=local --batch_size=32 \
       --height=512 --width=512 --config.model.remat_policy=dots --json=/tmp/compile.json
+  python launch/compile.py --config=configs/base.py:default --topology=h100x8 --batch_size=256 \
+      --height=512 --width=512 --config.model.remat_policy=save_attention
 
-Runs on a CPU host: TPU topologies need libtpu (`pip install 'jax[tpu]'`) but no TPU. Nothing is allocated:
-state, batch and RNG are shapes, so a model that does not fit the target fails here, at compile time, as it
-would on the pod (also a mesh or batch that does not divide). `local` compiles for this process's devices.
-Pretrained encoders are compiled as random ones of the same size. See docs/distributed.md.
+Runs on a CPU host: TPU slices need libtpu (`pip install 'jax[tpu]'`) but no TPU, GPU models the JAX CUDA
+plugin (`pip install 'jax[cuda12]'`) but no GPU. Nothing is allocated: state, batch and RNG are shapes, so a
+model that does not fit the target fails here (exit status 1; for a GPU, whose compiler does not check, when
+the peak exceeds the card's memory), as would a mesh or batch that does not divide. `local` compiles for
+this process's devices. Pretrained encoders are compiled as random ones of the same size. See
+docs/distributed.md.
 """
 
 import json
 import shlex
 import sys
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
 from pixelhdm_jax import aot
 from pixelhdm_jax.compilation_cache import configure_compilation_cache
+from pixelhdm_jax.gpu_targets import GPUS
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py:default", "Config file with a preset.")
 _TOPOLOGY = flags.DEFINE_string("topology", aot.LOCAL, f"A TPU slice ({', '.join(aot.TPU_SLICES)}), a libtpu "
-                                "topology such as v5:4x4x8, or 'local' (this host's devices).")
+                                "topology such as v5:4x4x8, GPUs on one host as <model>x<count> (models: "
+                                f"{', '.join(GPUS)}; e.g. h100x8), or 'local' (this host's devices).")
 _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "TPU slices (multi-slice over DCN).")
 _HEIGHT = flags.DEFINE_integer("height", None, "Image height (default: data.max_resolution).")
 _WIDTH = flags.DEFINE_integer("width", None, "Image width (default: data.max_resolution).")
@@ -34,13 +41,18 @@ _JSON = flags.DEFINE_string("json", None, "Write the report as JSON to this file
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  configure_compilation_cache()
+  if _TOPOLOGY.value == aot.LOCAL:
+    configure_compilation_cache()
+  else:  # a compile-only program cannot be read back from the cache (there is no client to load it into)
+    jax.config.update("jax_enable_compilation_cache", False)
+    if not jax.config.jax_platforms:  # the host's own CPU: a GPU plugin would fail to start without a GPU
+      jax.config.update("jax_platforms", "cpu")
   config = _CONFIG.value
   size = config.data.max_resolution
   try:
-    devices, platform = aot.topology_devices(_TOPOLOGY.value, _NUM_SLICES.value)
-    report = aot.compile_train_step(config, devices, platform=platform, height=_HEIGHT.value or size,
-                                    width=_WIDTH.value or size, batch_size=_BATCH_SIZE.value or config.train.batch_size)
+    report = aot.compile_train_step(config, aot.compile_target(_TOPOLOGY.value, _NUM_SLICES.value),
+                                    height=_HEIGHT.value or size, width=_WIDTH.value or size,
+                                    batch_size=_BATCH_SIZE.value or config.train.batch_size)
   except aot.CompileError as error:
     sys.exit(f"launch/compile.py: {error}")
   except ValueError as error:
@@ -55,10 +67,15 @@ def main(argv):
   print(f"compiled the train step for {report['num_devices']} x {report['device_kind']} ({_TOPOLOGY.value}), mesh "
         f"{report['mesh']}, batch {report['batch_size']} of {report['height']}x{report['width']} in "
         f"{report['compile_s']:.1f} s: {summary}")
+  print(f"custom calls: {report['custom_calls'] or 'none'}")
   if _JSON.value:
     with open(_JSON.value, "w", encoding="utf-8") as f:
       json.dump(report, f, indent=2)
     print(f"wrote {_JSON.value}")
+  if report["fits"] is False:
+    sys.exit(f"launch/compile.py: the train step needs {memory['peak_bytes'] / 2**30:.2f} GiB per device, more than "
+             f"the {report['device_memory_bytes'] / 2**30:.2f} GiB of one {report['device_kind']}: use a smaller "
+             "batch, model.remat_policy=save_attention or full, or more devices")
 
 
 if __name__ == "__main__":

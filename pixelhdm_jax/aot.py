@@ -1,25 +1,30 @@
 """Ahead-of-time compilation of the train step for a target topology, and memory of compiled programs.
 
-`compile_train_step(config, devices, ...)` builds the trainer with shapes only (no array is allocated),
-lowers the train step with `jax.ShapeDtypeStruct`s for state, batch and RNG, compiles it and reports the
-compiler's memory per device (maxtext's train_compile). With the devices of a TPU topology description
-(`topology_devices("v5p-256")`, which needs libtpu but no TPU) this runs on a CPU host and fails, at
-compile time, the way the pod would: out of memory, or a sharding that does not divide. Hardware-dependent
-choices (`auto` kernel and dtype, Pallas interpret mode) follow the target platform (`target.py`).
+`compile_train_step(config, compile_target(name), ...)` builds the trainer with shapes only (no array is
+allocated), lowers the train step with `jax.ShapeDtypeStruct`s for state, batch and RNG, compiles it and
+reports the compiler's memory per device (maxtext's train_compile). For a TPU slice (`v5p-256`, needs
+libtpu) or GPU model (`h100x8`, needs the JAX CUDA plugin) this runs on a CPU host with compile-only
+devices and fails the way the hardware would: a TPU program that does not fit is the compiler's
+out-of-memory error (the GPU compiler does not check, so the report compares the peak with the card's
+memory), a sharding that does not divide is an error. Hardware-dependent choices (`auto` kernel and dtype,
+Pallas interpret mode) follow the target platform (`target.py`).
 """
 
 from __future__ import annotations
 
+import collections
+import re
 import time
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from pixelhdm_jax import parallel, target
+from pixelhdm_jax import gpu_targets, parallel, target
 from pixelhdm_jax.config import check_backend, validate
+from pixelhdm_jax.models.layers import abstract_key
 from pixelhdm_jax.train.setup import Trainer, build_trainer
 
 
@@ -52,7 +57,8 @@ LOCAL = "local"  # this process's own devices (e.g. 8 simulated CPU devices in t
 
 
 class CompileError(RuntimeError):
-  """The target cannot be compiled for here (no libtpu, unknown topology); the message says what to do."""
+  """The target cannot be compiled for here (no libtpu, unknown topology) or the program does not fit it; the
+  message says what to do."""
 
 
 def tpu_slice(name: str) -> TpuSlice:
@@ -67,25 +73,47 @@ def tpu_slice(name: str) -> TpuSlice:
   return TpuSlice(name, chip_config, (2, 2, 1), _NO_WRAP)
 
 
-def topology_devices(name: str, num_slices: int = 1) -> tuple[list[jax.Device], str]:
-  """(compile-only devices, platform) of a TPU topology; `local` gives this process's devices."""
+class CompileTarget(NamedTuple):
+  """Devices to compile for (compile-only for a TPU slice or a GPU model), their platform, the compiler
+  options the target needs, and the memory of one device where the compiler does not enforce it."""
+  devices: list[jax.Device]
+  platform: str
+  compiler_options: dict[str, Any] = {}
+  device_memory_bytes: int | None = None
+
+
+def compile_target(name: str, num_slices: int = 1) -> CompileTarget:
+  """The target of a `--topology` name: `local` (this process's devices), a GPU model (`h100x8`, needs the
+  JAX CUDA plugin) or a TPU slice (`v5p-256`, needs libtpu); neither needs the hardware."""
   if name == LOCAL:
-    return list(jax.devices()), jax.default_backend()
+    return CompileTarget(list(jax.devices()), jax.default_backend())
+  gpu = gpu_targets.parse_gpu_topology(name)
+  if gpu is not None:
+    if num_slices != 1:
+      raise CompileError(f"num_slices={num_slices} is for TPU slices; give the GPUs as {name.split('x')[0]}x<count>")
+    spec, count = gpu
+    description = _describe(name, "cuda", "the JAX CUDA plugin (pip install 'jax[cuda12]')",
+                            target_config=spec.target_config(), topology=f"1x1x{count}")
+    return CompileTarget(list(description.devices), "gpu", gpu_targets.COMPILER_OPTIONS, spec.device_memory_bytes)
   spec = tpu_slice(name)
+  description = _describe(f"{name} ({spec.topology})", "tpu", "libtpu (pip install 'jax[tpu]')",
+                          topology_name=spec.topology, chip_config_name=spec.chip_config,
+                          chips_per_host_bounds=spec.chips_per_host, num_slices=num_slices, wrap=spec.wrap)
+  return CompileTarget(list(description.devices), "tpu")
+
+
+def _describe(what: str, platform: str, install: str, **options: Any) -> Any:
+  """`jax.experimental.topologies.get_topology_desc` for `platform`, its failures as CompileErrors."""
   try:
-    from jax.experimental import topologies  # experimental: imported only when a TPU topology is asked for
+    from jax.experimental import topologies  # experimental: imported only when a target topology is asked for
   except ImportError as error:
     raise CompileError(f"JAX {jax.__version__} has no jax.experimental.topologies: {error}") from error
   try:
-    description = topologies.get_topology_desc(topology_name=spec.topology, platform="tpu",
-                                               chip_config_name=spec.chip_config,
-                                               chips_per_host_bounds=spec.chips_per_host, num_slices=num_slices,
-                                               wrap=spec.wrap)
+    return topologies.get_topology_desc(platform=platform, **options)
   except (RuntimeError, NotImplementedError, ValueError) as error:
-    raise CompileError(f"cannot describe TPU topology {name!r} ({spec.topology}) on this host: "
-                       f"{type(error).__name__}: {error}. Install libtpu (pip install 'jax[tpu]'), which "
-                       "compiles for TPUs without one; or use --topology=local") from error
-  return list(description.devices), "tpu"
+    raise CompileError(f"cannot describe the {platform.upper()} topology {what} on this host: "
+                       f"{type(error).__name__}: {error}. Install {install}, which compiles without the hardware; "
+                       "or use --topology=local") from error
 
 
 class ProgramMemory(NamedTuple):
@@ -146,10 +174,11 @@ def check_batch(batch_size: int, mesh: jax.sharding.Mesh, rules: parallel.Rules)
                      f"(mesh {dict(mesh.shape)}): use a multiple of {devices}")
 
 
-def compile_train_step(config: ml_collections.ConfigDict, devices: Sequence[jax.Device], *, platform: str,
-                       height: int, width: int, batch_size: int) -> dict[str, Any]:
-  """Compiles the train step (REPA on, the larger program, unless REPA is off) for `devices` from shapes only;
-  returns the report (compile time, memory per device, mesh, batch)."""
+def compile_train_step(config: ml_collections.ConfigDict, compile_for: CompileTarget, *, height: int, width: int,
+                       batch_size: int) -> dict[str, Any]:
+  """Compiles the train step (REPA on, the larger program, unless REPA is off) for a target from shapes only;
+  returns the report (compile time, memory per device and whether it fits, mesh, batch, custom calls)."""
+  devices, platform = compile_for.devices, compile_for.platform
   config = validate(random_encoders(config))
   check_backend(config, platform)
   mesh = parallel.create_mesh(config.mesh, devices)
@@ -158,16 +187,33 @@ def compile_train_step(config: ml_collections.ConfigDict, devices: Sequence[jax.
   with target.compiling_for(platform), jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     trainer = build_trainer(config, mesh, rules, with_encoder_params=False)
     repa = True in trainer.steps
-    key = jax.eval_shape(lambda: jax.random.key(0))
+    key = abstract_key()
     rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=trainer.shardings.step)
     started = time.perf_counter()
     lowered = trainer.steps[repa].lower(trainer.abstract_state(), abstract_batch(trainer, batch_size, height, width),
                                         rng)
-    compiled = lowered.compile()
+    try:
+      compiled = lowered.compile(compiler_options=dict(compile_for.compiler_options) or None)
+    except jax.errors.JaxRuntimeError as error:
+      if "RESOURCE_EXHAUSTED" not in str(error):
+        raise
+      reason = str(error).rstrip(".")
+      raise CompileError(f"the train step does not fit {len(devices)} x {devices[0].device_kind} (batch {batch_size} "
+                         f"of {height}x{width}, remat_policy={config.model.remat_policy}): {reason}. Use a smaller "
+                         "batch, model.remat_policy=save_attention or full, or more devices") from error
     seconds = time.perf_counter() - started
   memory = program_memory(compiled)
+  capacity = compile_for.device_memory_bytes
   return {"platform": platform, "device_kind": devices[0].device_kind, "num_devices": len(devices),
           "mesh": dict(mesh.shape), "height": height, "width": width, "batch_size": batch_size,
           "batch_per_shard": batch_size // parallel.batch_devices(mesh, rules), "repa": repa,
           "attention": config.model.attention, "remat_policy": config.model.remat_policy, "compile_s": seconds,
-          "memory_per_device": None if memory is None else memory.as_dict()}
+          "memory_per_device": None if memory is None else memory.as_dict(), "device_memory_bytes": capacity,
+          "fits": None if memory is None or capacity is None else memory.peak_bytes <= capacity,
+          "custom_calls": custom_calls(compiled)}
+
+
+def custom_calls(compiled: Any) -> dict[str, int]:
+  """How often each custom call (fused attention kernels, cuBLAS, Pallas) appears in a compiled program:
+  shows which attention kernel `auto` became."""
+  return dict(sorted(collections.Counter(re.findall(r'custom_call_target="([^"]+)"', compiled.as_text())).items()))

@@ -56,6 +56,12 @@ class SwiGLU(nn.Module):
     return dense(x.shape[-1], (hidden_axis, in_axis), name="down_proj", dtype=self.dtype)(nn.silu(gate) * up)
 
 
+def abstract_key() -> jax.ShapeDtypeStruct:
+  """A PRNG key's shape and dtype for `jax.eval_shape` of an init: making a real key runs on a device, which a
+  compile-only (ahead-of-time TPU) mesh does not have."""
+  return jax.eval_shape(lambda: jax.random.key(0))
+
+
 def compute_dtype(name: str) -> jnp.dtype:
   """Resolves a config dtype name; `auto` is bfloat16 on GPU/TPU and float32 on CPU (`target.backend()`)."""
   if name == "auto":

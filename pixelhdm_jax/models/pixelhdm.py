@@ -23,7 +23,7 @@ from pixelhdm_jax.models import remat
 from pixelhdm_jax.models.blocks import (PatchBlock, PixelBlock, patch_residual_scale,
                                         pixel_residual_scale)
 from pixelhdm_jax.models.embeddings import PatchEmbedding, PixelEmbedding, TimeEmbedding, unpatchify
-from pixelhdm_jax.models.layers import ACTIVATION_AXES, Dtype, RMSNorm, compute_dtype, dense
+from pixelhdm_jax.models.layers import ACTIVATION_AXES, Dtype, RMSNorm, abstract_key, compute_dtype, dense
 from pixelhdm_jax.models.rope import grid_positions, rope_tables, text_positions
 
 
@@ -182,4 +182,4 @@ def example_inputs(model: PixelHDM) -> tuple[jax.Array, ...]:
 
 def abstract_params(model: PixelHDM):
   """The network's parameter shapes with their logical-axis boxes (nothing is allocated)."""
-  return jax.eval_shape(model.init, jax.random.key(0), *example_inputs(model))["params"]
+  return jax.eval_shape(lambda key: model.init(key, *example_inputs(model)), abstract_key())["params"]

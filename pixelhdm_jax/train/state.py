@@ -21,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pixelhdm_jax import parallel
 from pixelhdm_jax.losses import RepaProjector
+from pixelhdm_jax.models.layers import abstract_key
 from pixelhdm_jax.models.pixelhdm import PixelHDM, example_inputs
 from pixelhdm_jax.optim.ema import init_ema
 
@@ -78,7 +79,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def state_shardings(networks: Networks, encoder_shardings: Any, mesh: Mesh, rules: parallel.Rules) -> TrainState:
   """The sharding of every leaf of the train state (a `TrainState` of `NamedSharding`s)."""
-  abstract = jax.eval_shape(functools.partial(_init_trainable, networks), jax.random.key(0))
+  abstract = jax.eval_shape(functools.partial(_init_trainable, networks), abstract_key())
   params, opt_state, ema = parallel.param_shardings(abstract, mesh, rules)
   scalar = replicated(mesh)
   return TrainState(step=scalar, params=params, opt_state=opt_state, ema=ema, nonfinite=scalar,
@@ -88,7 +89,7 @@ def state_shardings(networks: Networks, encoder_shardings: Any, mesh: Mesh, rule
 def abstract_state(networks: Networks, encoders: Any, shardings: TrainState) -> TrainState:
   """`jax.ShapeDtypeStruct`s (with shardings) of the whole state: the target of a checkpoint restore."""
   params, opt_state, ema = strip_boxes(jax.eval_shape(functools.partial(_init_trainable, networks),
-                                                      jax.random.key(0)))
+                                                      abstract_key()))
   scalar = jax.ShapeDtypeStruct((), jnp.int32)
   state = TrainState(step=scalar, params=params, opt_state=opt_state, ema=ema, nonfinite=scalar,
                      nonfinite_total=scalar, encoders=jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pixelhdm_jax.encoders.dinov3 import ACTIVATIONS, DINOv3Arch, DINOv3ViT
-from pixelhdm_jax.models.layers import Dtype
+from pixelhdm_jax.models.layers import Dtype, abstract_key
 from pixelhdm_jax.weights.hf import CheckpointError, TensorRule, load_params, open_safetensors, read_config
 
 MODEL_TYPE = "dinov3_vit"
@@ -147,7 +147,7 @@ def read_meta_checkpoint(path: pathlib.Path) -> dict[str, np.ndarray]:
 def abstract_params(module: DINOv3ViT) -> Any:
   """Parameter shapes of `module` (no memory), with their logical-axis boxes."""
   p = module.arch.patch_size
-  return jax.eval_shape(module.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, p, p, 3), jnp.float32))["params"]
+  return jax.eval_shape(module.init, abstract_key(), jax.ShapeDtypeStruct((1, p, p, 3), jnp.float32))["params"]
 
 
 def load_dinov3(path: pathlib.Path | str, kernel: str = "xla",

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from pixelhdm_jax.encoders.qwen3 import Qwen3Arch, Qwen3Encoder
-from pixelhdm_jax.models.layers import Dtype
+from pixelhdm_jax.models.layers import Dtype, abstract_key
 from pixelhdm_jax.weights.hf import CheckpointError, TensorRule, load_params, open_safetensors, read_config
 
 MODEL_TYPE = "qwen3"
@@ -69,7 +69,7 @@ def _rename(name: str) -> str | None:
 def abstract_params(module: Qwen3Encoder) -> Any:
   """Parameter shapes of `module` (no memory), with their logical-axis boxes."""
   ids = jax.ShapeDtypeStruct((1, 1), jnp.int32)
-  return jax.eval_shape(module.init, jax.random.PRNGKey(0), ids, ids)["params"]
+  return jax.eval_shape(module.init, abstract_key(), ids, ids)["params"]
 
 
 def load_qwen3(directory: pathlib.Path | str, hidden_layer: int = -1,

@@ -10,10 +10,13 @@ import jax.numpy as jnp
 import pytest
 
 from configs import base
-from pixelhdm_jax import aot, flops, target
+from pixelhdm_jax import aot, target
 from pixelhdm_jax.config import ConfigError, validate
+from pixelhdm_jax.encoders.dinov3 import DINOV3_VITB16
+from pixelhdm_jax.encoders.qwen3 import QWEN3_0_6B
 from pixelhdm_jax.encoders.teacher import build_dino_teacher
 from pixelhdm_jax.encoders.text import build_text_encoder
+from pixelhdm_jax.gpu_targets import GPUS, parse_gpu_topology
 from pixelhdm_jax.models.layers import compute_dtype
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -22,29 +25,63 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 def test_compile_for_a_mesh_of_the_8_simulated_devices():
   config = base.get_config("tiny")
   config.mesh.shape = (2, 2, 2)
-  devices, platform = aot.topology_devices(aot.LOCAL)
-  report = aot.compile_train_step(config, devices, platform=platform, height=32, width=64, batch_size=8)
+  local = aot.compile_target(aot.LOCAL)
+  report = aot.compile_train_step(config, local, height=32, width=64, batch_size=8)
   assert report["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2} and report["batch_per_shard"] == 2
   assert report["repa"] and report["compile_s"] > 0
   memory = report["memory_per_device"]
   assert memory["peak_bytes"] == memory["argument_bytes"] + memory["output_bytes"] - memory["alias_bytes"] \
       + memory["temp_bytes"]
   assert memory["alias_bytes"] > 0  # the donated state is written in place
+  assert report["fits"] is None  # no device memory given: nothing to compare with
+  small = aot.compile_train_step(config, local._replace(device_memory_bytes=memory["peak_bytes"] - 1), height=32,
+                                 width=64, batch_size=8)
+  assert small["fits"] is False and small["memory_per_device"] == memory
   with pytest.raises(ValueError, match=r"batch_size=6 does not split over the 4 devices .* multiple of 4"):
-    aot.compile_train_step(config, devices, platform=platform, height=32, width=32, batch_size=6)
+    aot.compile_train_step(config, local, height=32, width=32, batch_size=6)
 
 
-def test_tpu_topologies_need_libtpu():
+def test_topology_names():
   assert aot.tpu_slice("v5p-256") == aot.TpuSlice("v5:4x4x8", "megacore", (2, 2, 1), (True, True, True))
   assert aot.tpu_slice("v6e:8x16").chip_config == "default"
   with pytest.raises(aot.CompileError, match="unknown TPU topology 'v7-x'"):
     aot.tpu_slice("v7-x")
+  assert parse_gpu_topology("h100x8") == (GPUS["h100"], 8) and parse_gpu_topology("h100") == (GPUS["h100"], 1)
+  assert parse_gpu_topology("v5p-8") is None and parse_gpu_topology("local") is None
+  with pytest.raises(aot.CompileError, match="num_slices=2 is for TPU slices"):
+    aot.compile_target("h100x8", num_slices=2)
+  config = GPUS["h100"].target_config()
+  assert "device_memory_size: 84929347584" in config and "cuda_compute_capability { major: 9 minor: 0 }" in config
+
+
+def _target_or_install_hint(name: str, package: str) -> aot.CompileTarget:
+  """The compile-only target, or (without its compiler installed here) a skip after checking the error's hint."""
   try:
-    devices, platform = aot.topology_devices("v5e-16")
-  except aot.CompileError as error:  # no libtpu here: the message says what to install
-    assert "libtpu" in str(error) and "v5e:4x4" in str(error)
-  else:
-    assert platform == "tpu" and len(devices) == 16
+    return aot.compile_target(name)
+  except aot.CompileError as error:
+    assert package in str(error) and "--topology=local" in str(error)
+    pytest.skip(f"cannot compile for {name} here: {error}")
+
+
+def test_compile_for_a_tpu_slice_without_a_tpu():
+  """libtpu compiles for a slice on a CPU host; the TPU compiler rejects a program that does not fit."""
+  slice_ = _target_or_install_hint("v5e-16", "jax[tpu]")
+  assert slice_.platform == "tpu" and len(slice_.devices) == 16 and "v5 lite" in slice_.devices[0].device_kind.lower()
+  report = aot.compile_train_step(base.get_config("tiny"), slice_, height=256, width=256, batch_size=16)
+  assert report["mesh"] == {"data": 1, "fsdp": 16, "tensor": 1} and report["memory_per_device"]["peak_bytes"] > 0
+  assert "tpu_custom_call" in report["custom_calls"]  # `auto` attention became the splash kernel
+  assert report["fits"] is None  # the TPU compiler itself checks
+  with pytest.raises(aot.CompileError, match=r"does not fit 16 x TPU v5 lite .*RESOURCE_EXHAUSTED.*smaller batch"):
+    aot.compile_train_step(base.get_config("tiny"), slice_, height=512, width=512, batch_size=2048)
+
+
+def test_compile_for_gpus_without_a_gpu():
+  """The JAX CUDA plugin compiles for H100s on a CPU host; `auto` attention becomes cuDNN flash attention."""
+  gpus = _target_or_install_hint("h100x2", "jax[cuda12]")
+  assert gpus.platform == "gpu" and gpus.devices[0].device_kind == "NVIDIA H100 80GB HBM3"
+  report = aot.compile_train_step(base.get_config("tiny"), gpus, height=256, width=256, batch_size=2)
+  assert report["fits"] is True and report["device_memory_bytes"] == GPUS["h100"].device_memory_bytes
+  assert any(call.startswith("__cudnn$fmha") for call in report["custom_calls"]), report["custom_calls"]
 
 
 def test_target_platform_decides_auto_dtype():
@@ -66,9 +103,7 @@ def test_random_full_encoders_have_the_real_shapes_without_allocating():
   count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
   assert 590e6 < count(text.abstract_params()) < 600e6  # Qwen3-0.6B without the LM head
   assert 85e6 < count(dino.abstract_params()) < 87e6  # ViT-B/16
-  arch = text.module.arch
-  assert (arch.num_layers, arch.hidden_size, arch.intermediate_size) == (
-      flops.QWEN3_0_6B.layers, flops.QWEN3_0_6B.hidden, flops.QWEN3_0_6B.mlp_hidden)
+  assert text.module.arch == QWEN3_0_6B and dino.module.arch == DINOV3_VITB16  # the sizes flops.py counts
   with pytest.raises(ConfigError, match="needs text.source=random or random_full"):
     build_text_encoder(base.get_config("default"), with_params=False)
 
