@@ -5,6 +5,8 @@ K and V are repeated per query head first; the repeat's gradient sums the groups
 expressed by segment ids (valid 1, padding 0), one array for queries and keys, so a padded query attends
 the padded keys (the model never reads that row). Sequences are padded to a power-of-two block (16..128,
 Triton tiles) and cut back. Off GPU the kernel runs in Pallas interpret mode (tests only: slow).
+JAX 0.11 deprecates this op in favour of tokamax (it still works in 0.12.0.1); a JAX without it makes
+`model.attention=pallas_gpu` fail on first use with a message naming the alternatives (`attention.py`).
 """
 
 from __future__ import annotations

@@ -81,7 +81,7 @@ def zclip(alpha: float = 0.97, z_threshold: float = 2.5, warmup_steps: int = 25,
 
   def update(updates, state: ZClipState, params=None):
     del params
-    g = optax.global_norm(updates)
+    g = optax.tree.norm(updates)
     in_warmup = state.count < warmup_steps
 
     # Warm-up: Welford running mean and population variance of the norms; only the max-norm cap applies.
@@ -134,7 +134,7 @@ def pixelhdm_zclip(threshold: float = 2.5, ema_decay: float = 0.99,
   """The original PixelHDM's clipping (`gradient_clip.py` with `clip_grad_norm_with_zclip`)."""
   def update(updates, state: ZClipState, params=None):
     del params
-    g = optax.global_norm(updates)
+    g = optax.tree.norm(updates)
     first = state.count == 0
     delta = g - state.mean
     mean = ema_decay * state.mean + (1.0 - ema_decay) * g
@@ -163,7 +163,7 @@ def max_norm_clip(max_grad_norm: float | None) -> optax.GradientTransformation:
   """Plain global-norm capping (ZClip off) with the same state, so logging and checkpoints do not change."""
   def update(updates, state: ZClipState, params=None):
     del params
-    g = optax.global_norm(updates)
+    g = optax.tree.norm(updates)
     if max_grad_norm is None:
       scale = jnp.ones((), jnp.float32)
     else:

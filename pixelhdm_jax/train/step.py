@@ -68,7 +68,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
     return terms.total, terms
 
   (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  finite = _all_finite(terms) & jnp.isfinite(optax.global_norm(grads))
+  finite = _all_finite(terms) & jnp.isfinite(optax.tree.norm(grads))
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema = update_ema(state.ema, params["model"], config.optim.ema_decay)
