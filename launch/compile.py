@@ -75,7 +75,7 @@ def main(argv):
   if report["fits"] is False:
     sys.exit(f"launch/compile.py: the train step needs {memory['peak_bytes'] / 2**30:.2f} GiB per device, more than "
              f"the {report['device_memory_bytes'] / 2**30:.2f} GiB of one {report['device_kind']}: use a smaller "
-             "batch, model.remat_policy=save_attention or full, or more devices")
+             "batch, model.remat_policy=full, or more devices")
 
 
 if __name__ == "__main__":

@@ -200,7 +200,7 @@ def compile_train_step(config: ml_collections.ConfigDict, compile_for: CompileTa
       reason = str(error).rstrip(".")
       raise CompileError(f"the train step does not fit {len(devices)} x {devices[0].device_kind} (batch {batch_size} "
                          f"of {height}x{width}, remat_policy={config.model.remat_policy}): {reason}. Use a smaller "
-                         "batch, model.remat_policy=save_attention or full, or more devices") from error
+                         "batch, model.remat_policy=full, or more devices") from error
     seconds = time.perf_counter() - started
   memory = program_memory(compiled)
   capacity = compile_for.device_memory_bytes
