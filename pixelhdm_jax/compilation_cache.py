@@ -14,9 +14,13 @@ import pathlib
 import jax
 
 
+def user_cache_root() -> pathlib.Path:
+  """`$XDG_CACHE_HOME/pixelhdm_jax` (default `~/.cache/pixelhdm_jax`): where the project's caches live."""
+  return pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "pixelhdm_jax"
+
+
 def default_directory() -> pathlib.Path:
-  base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
-  return pathlib.Path(base) / "pixelhdm_jax" / "xla"
+  return user_cache_root() / "xla"
 
 
 def configure_compilation_cache(directory: str | os.PathLike | None = None) -> str:

@@ -26,6 +26,7 @@ import tqdm
 from absl import logging
 from PIL import Image
 
+from pixelhdm_jax.compilation_cache import user_cache_root
 from pixelhdm_jax.data import images as image_ops
 from pixelhdm_jax.data import prepare
 from pixelhdm_jax.data.buckets import AspectRatioBucket
@@ -56,10 +57,7 @@ def as_text(value) -> str:
 def size_cache_dir() -> pathlib.Path:
   """Where TFDS image sizes are cached: `$PIXELHDM_CACHE_DIR/image_sizes`, else
   `$XDG_CACHE_HOME/pixelhdm_jax/image_sizes` (default `~/.cache/...`)."""
-  root = os.environ.get("PIXELHDM_CACHE_DIR")
-  if not root:
-    root = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "pixelhdm_jax"
-  return pathlib.Path(root) / "image_sizes"
+  return pathlib.Path(os.environ.get("PIXELHDM_CACHE_DIR") or user_cache_root()) / "image_sizes"
 
 
 def load_sizes(path: pathlib.Path, count: int) -> np.ndarray | None:
