@@ -59,7 +59,7 @@ def build_dino_teacher(config: ml_collections.ConfigDict, *, with_params: bool =
   if d.source in RANDOM_ENCODER_SOURCES:
     arch = TINY_DINOV3 if d.source == "random" else DINOV3_VITB16
     module = DINOv3ViT(arch, kernel, dtype)
-    images = np.zeros((1, arch.patch_size, arch.patch_size, 3), np.float32)  # host: AOT has no device
+    images = np.zeros((1, arch.patch_size, arch.patch_size, 3), np.float32)
     params = random_params(module, RANDOM_DINOV3_SEED, images) if with_params else None
     return DinoTeacher(module, params)
   if not with_params:

@@ -97,7 +97,7 @@ def build_text_encoder(config: ml_collections.ConfigDict, *, with_params: bool =
                           f"{arch.vocab_size}: text.path must hold a matching tokenizer")
   if t.source in RANDOM_ENCODER_SOURCES:
     module = Qwen3Encoder(arch, t.hidden_layer, dtype)
-    ids = np.zeros((1, 1), np.int32)  # host arrays: an AOT compile has no device to run on
+    ids = np.zeros((1, 1), np.int32)
     params = random_params(module, RANDOM_QWEN3_SEED, ids, ids) if with_params else None
     return TextEncoder(tokenizer, module, params)
   module, params = load_qwen3(path, t.hidden_layer, dtype)

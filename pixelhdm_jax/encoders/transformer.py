@@ -33,6 +33,8 @@ def layer_stack(layer_cls: type[nn.Module], count: int, num_broadcast: int, name
   return scanned(name=name, **attrs)
 
 
-def random_params(module: nn.Module, seed: int, *example_inputs: jax.Array) -> Any:
-  """`module`'s params initialised from the fixed `seed`, unboxed: the random encoder sources."""
+def random_params(module: nn.Module, seed: int, *example_inputs: Any) -> Any:
+  """`module`'s params initialised from the fixed `seed`, unboxed: the random encoder sources. Callers pass
+  host (numpy) example inputs, so building an encoder without params (an AOT compile) runs nothing on a
+  device."""
   return nn.unbox(jax.jit(module.init)(jax.random.PRNGKey(seed), *example_inputs)["params"])
