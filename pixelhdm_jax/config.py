@@ -1,39 +1,25 @@
 """Config validation: one pure function that rejects inconsistent settings with a message naming the fix.
 
 `validate(config)` reads the config only: it never touches devices, files or the network, so launchers
-call it before anything expensive. Each section has its own checker below.
+call it before anything expensive. Each section has its own checker below. The allowed names of every
+choice come from the registry of the module that implements it (a new solver, kernel, schedule or source
+is added there, and only there).
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-ATTENTION_KERNELS = ("auto", "xla", "cudnn", "pallas_gpu", "splash")
-# Backends (`jax.default_backend()`) each kernel runs on; Pallas kernels also run interpreted on CPU in tests.
-KERNEL_BACKENDS = {"auto": ("cpu", "gpu", "tpu"), "xla": ("cpu", "gpu", "tpu"), "cudnn": ("gpu",),
-                   "pallas_gpu": ("gpu",), "splash": ("tpu",)}
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attention")
-COMPUTE_DTYPES = ("auto", "bfloat16", "float32")
-SAMPLERS = ("euler", "heun", "dpmpp_2m", "dpmpp_2s", "ab2")  # pixelhdm_jax/sample/solvers.py SAMPLERS
-GUIDANCE_SCHEDULES = ("constant", "linear", "cosine", "quadratic")  # pixelhdm_jax/sample/guidance.py
-TIME_SHIFT_MODES = ("resolution", "fixed")
-FREQ_TRANSFORMS = ("dct2", "original")  # pixelhdm_jax/losses.py block_dct
-LR_SCHEDULES = ("constant", "cosine", "stepped_cosine_restart")  # pixelhdm_jax/optim/schedules.py
-ZCLIP_VARIANTS = ("zclip", "pixelhdm", "off")  # pixelhdm_jax/optim/optimizer.py clipping
-ZCLIP_MODES = ("zscore", "percentile")
-ZCLIP_CLIP_OPTIONS = ("adaptive_scaling", "mean")
-DATA_SOURCES = ("folder", "tfds", "synthetic")  # pixelhdm_jax/data/sources.py build_source
-DATA_SAMPLERS = ("random", "sequential", "buffered_shuffle")  # pixelhdm_jax/data/samplers.py
-# pixelhdm_jax/encoders/text.py, teacher.py: random = tiny random encoders, random_full = random weights at the
-# real sizes (Qwen3-0.6B, DINOv3 ViT-B/16; benchmarks and AOT compiles), pretrained = loaded from `path`.
-RANDOM_ENCODER_SOURCES = ("random", "random_full")  # random weights, no download
-ENCODER_SOURCES = RANDOM_ENCODER_SOURCES + ("pretrained",)
-CUDNN_DTYPES = ("bfloat16", "float16")
-CUDNN_MAX_HEAD_DIM = 128  # 256 from Hopper on; 128 holds on every cuDNN-capable GPU
-
-
-class ConfigError(ValueError):
-  """An inconsistent or unsupported configuration setting."""
+from pixelhdm_jax.data import samplers as data_samplers
+from pixelhdm_jax.data import sources as data_sources
+from pixelhdm_jax.encoders import transformer as encoder_weights
+from pixelhdm_jax.errors import ConfigError
+from pixelhdm_jax.kernels import attention as kernels
+from pixelhdm_jax.losses import BLOCK_TRANSFORMS
+from pixelhdm_jax.models import remat
+from pixelhdm_jax.models.layers import COMPUTE_DTYPES
+from pixelhdm_jax.optim import optimizer, schedules, zclip
+from pixelhdm_jax.sample import guidance, solvers
 
 
 def _require(condition: bool, message: str) -> None:
@@ -73,10 +59,10 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
            "(1-based index of the patch block whose output feeds iREPA)")
   _require(m.compute_dtype in COMPUTE_DTYPES,
            f"model.compute_dtype={m.compute_dtype!r} is unknown: choose one of {COMPUTE_DTYPES}")
-  _require(m.attention in ATTENTION_KERNELS,
-           f"model.attention={m.attention!r} is not an attention kernel: choose one of {ATTENTION_KERNELS}")
-  _require(m.remat_policy in REMAT_POLICIES,
-           f"model.remat_policy={m.remat_policy!r} is unknown: choose one of {REMAT_POLICIES}")
+  _require(m.attention in kernels.KERNEL_NAMES,
+           f"model.attention={m.attention!r} is not an attention kernel: choose one of {kernels.KERNEL_NAMES}")
+  _require(m.remat_policy in remat.POLICIES,
+           f"model.remat_policy={m.remat_policy!r} is unknown: choose one of {tuple(remat.POLICIES)}")
   _require(config.text.max_length <= m.mrope_max_text_len,
            f"text.max_length={config.text.max_length} exceeds the mRoPE text table "
            f"(model.mrope_max_text_len={m.mrope_max_text_len}): lower text.max_length or raise the table")
@@ -96,10 +82,11 @@ def _check_mesh(config: ml_collections.ConfigDict) -> None:
 
 def _check_sample(config: ml_collections.ConfigDict) -> None:
   s = config.sample
-  _require(s.sampler in SAMPLERS, f"sample.sampler={s.sampler!r} is unknown: choose one of {SAMPLERS}")
+  _require(s.sampler in solvers.SAMPLERS,
+           f"sample.sampler={s.sampler!r} is unknown: choose one of {tuple(solvers.SAMPLERS)}")
   _positive_ints(s, "sample", ("num_steps",))
-  _require(s.time_shift_mode in TIME_SHIFT_MODES,
-           f"sample.time_shift_mode={s.time_shift_mode!r} is unknown: choose one of {TIME_SHIFT_MODES}")
+  _require(s.time_shift_mode in solvers.SHIFT_MODES,
+           f"sample.time_shift_mode={s.time_shift_mode!r} is unknown: choose one of {tuple(solvers.SHIFT_MODES)}")
   _require(s.time_shift > 0, f"sample.time_shift must be positive (1 = no shift), got {s.time_shift}")
   _require(s.guidance_scale >= 0 and s.guidance_min_scale >= 0,
            f"sample.guidance_scale={s.guidance_scale} and sample.guidance_min_scale={s.guidance_min_scale} "
@@ -109,8 +96,8 @@ def _check_sample(config: ml_collections.ConfigDict) -> None:
   interval = tuple(s.guidance_interval)
   _require(len(interval) == 2 and 0 <= interval[0] < interval[1] <= 1,
            f"sample.guidance_interval={interval} must be (lo, hi) with 0 <= lo < hi <= 1, e.g. (0.1, 1.0)")
-  _require(s.guidance_schedule in GUIDANCE_SCHEDULES,
-           f"sample.guidance_schedule={s.guidance_schedule!r} is unknown: choose one of {GUIDANCE_SCHEDULES}")
+  _require(s.guidance_schedule in guidance.SCHEDULES,
+           f"sample.guidance_schedule={s.guidance_schedule!r} is unknown: choose one of {tuple(guidance.SCHEDULES)}")
 
 
 def _non_negative(section: ml_collections.ConfigDict, prefix: str, names: tuple[str, ...]) -> None:
@@ -125,8 +112,8 @@ def _check_loss(config: ml_collections.ConfigDict) -> None:
   _require(isinstance(loss.freq_quality, int) and 1 <= loss.freq_quality <= 100,
            f"loss.freq_quality={loss.freq_quality!r} must be a JPEG quality, an integer in [1, 100] "
            "(90 as the original)")
-  _require(loss.freq_transform in FREQ_TRANSFORMS,
-           f"loss.freq_transform={loss.freq_transform!r} is unknown: choose one of {FREQ_TRANSFORMS}")
+  _require(loss.freq_transform in BLOCK_TRANSFORMS,
+           f"loss.freq_transform={loss.freq_transform!r} is unknown: choose one of {tuple(BLOCK_TRANSFORMS)}")
   _require(isinstance(loss.repa_early_stop, int) and loss.repa_early_stop >= 0,
            f"loss.repa_early_stop={loss.repa_early_stop!r} must be an optimizer step count >= 0 "
            "(set loss.repa_lambda=0 to switch REPA off)")
@@ -134,7 +121,8 @@ def _check_loss(config: ml_collections.ConfigDict) -> None:
 
 def _check_schedule(config: ml_collections.ConfigDict) -> None:
   o = config.optim
-  _require(o.schedule in LR_SCHEDULES, f"optim.schedule={o.schedule!r} is unknown: choose one of {LR_SCHEDULES}")
+  _require(o.schedule in schedules.SCHEDULES,
+           f"optim.schedule={o.schedule!r} is unknown: choose one of {tuple(schedules.SCHEDULES)}")
   _require(isinstance(o.learning_rate, (int, float)) and o.learning_rate > 0,
            f"optim.learning_rate must be positive, got {o.learning_rate!r}")
   _require(isinstance(o.warmup_steps, int) and o.warmup_steps >= 0,
@@ -166,23 +154,25 @@ def _check_optim(config: ml_collections.ConfigDict) -> None:
   _positive_ints(o, "optim", ("grad_accum_steps",))
   _require(0 <= o.ema_decay < 1, f"optim.ema_decay={o.ema_decay} must be in [0, 1) (0.999 as the original)")
   z = o.zclip
-  _require(z.variant in ZCLIP_VARIANTS, f"optim.zclip.variant={z.variant!r} is unknown: choose one of {ZCLIP_VARIANTS}")
+  _require(z.variant in optimizer.CLIPPINGS,
+           f"optim.zclip.variant={z.variant!r} is unknown: choose one of {tuple(optimizer.CLIPPINGS)}")
   if z.variant == "off":
     return
   _require(0 < z.alpha < 1, f"optim.zclip.alpha={z.alpha} must be in (0, 1) (0.97 published, 0.99 the original)")
   _require(z.z_threshold > 0, f"optim.zclip.z_threshold must be positive, got {z.z_threshold}")
   if z.variant == "zclip":
     _positive_ints(z, "optim.zclip", ("warmup_steps",))
-    _require(z.mode in ZCLIP_MODES, f"optim.zclip.mode={z.mode!r} is unknown: choose one of {ZCLIP_MODES}")
-    _require(z.clip_option in ZCLIP_CLIP_OPTIONS,
-             f"optim.zclip.clip_option={z.clip_option!r} is unknown: choose one of {ZCLIP_CLIP_OPTIONS}")
+    _require(z.mode in zclip.MODES, f"optim.zclip.mode={z.mode!r} is unknown: choose one of {zclip.MODES}")
+    _require(z.clip_option in zclip.CLIP_OPTIONS,
+             f"optim.zclip.clip_option={z.clip_option!r} is unknown: choose one of {zclip.CLIP_OPTIONS}")
     _require(z.clip_factor > 0, f"optim.zclip.clip_factor must be positive, got {z.clip_factor}")
 
 
 def _check_data(config: ml_collections.ConfigDict) -> None:
   d = config.data
   patch = config.model.patch_size
-  _require(d.source in DATA_SOURCES, f"data.source={d.source!r} is unknown: choose one of {DATA_SOURCES}")
+  _require(d.source in data_sources.SOURCES,
+           f"data.source={d.source!r} is unknown: choose one of {tuple(data_sources.SOURCES)}")
   _require(d.source != "tfds" or bool(d.tfds_name), "data.source='tfds' needs data.tfds_name (e.g. 'my_dataset')")
   _positive_ints(d, "data", ("synthetic_size", "min_resolution", "max_resolution", "chunk_size", "num_threads",
                              "prefetch"))
@@ -192,7 +182,8 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
   _require(d.min_resolution <= d.max_resolution,
            f"data.min_resolution={d.min_resolution} exceeds data.max_resolution={d.max_resolution}")
   _require(d.max_aspect_ratio >= 1, f"data.max_aspect_ratio={d.max_aspect_ratio} must be >= 1 (2.0 as the original)")
-  _require(d.sampler in DATA_SAMPLERS, f"data.sampler={d.sampler!r} is unknown: choose one of {DATA_SAMPLERS}")
+  _require(d.sampler in data_samplers.SAMPLERS,
+           f"data.sampler={d.sampler!r} is unknown: choose one of {data_samplers.SAMPLERS}")
   _require(0 <= d.caption_dropout <= 1, f"data.caption_dropout={d.caption_dropout} must be in [0, 1]")
   _require(isinstance(d.num_workers, int) and d.num_workers >= 0,
            f"data.num_workers must be an integer >= 0 (0 = load in the main process), got {d.num_workers!r}")
@@ -202,7 +193,8 @@ def _check_encoders(config: ml_collections.ConfigDict) -> None:
   """`text` and `dino`: the frozen encoders (paths are checked when they are loaded, not here)."""
   for field in ("text", "dino"):
     e = config[field]
-    _require(e.source in ENCODER_SOURCES, f"{field}.source={e.source!r} is unknown: choose one of {ENCODER_SOURCES}")
+    _require(e.source in encoder_weights.SOURCES,
+             f"{field}.source={e.source!r} is unknown: choose one of {encoder_weights.SOURCES}")
     _require(e.compute_dtype in COMPUTE_DTYPES,
              f"{field}.compute_dtype={e.compute_dtype!r} is unknown: choose one of {COMPUTE_DTYPES}")
     _require(isinstance(e.allow_download, bool), f"{field}.allow_download must be True or False")
@@ -250,28 +242,24 @@ def check_backend(config: ml_collections.ConfigDict, backend: str) -> ml_collect
   """
   m = config.model
   kernel = m.attention
-  _require(kernel in KERNEL_BACKENDS,
-           f"model.attention={kernel!r} is not an attention kernel: choose one of {ATTENTION_KERNELS}")
-  runs_on = KERNEL_BACKENDS[kernel]
-  _require(backend in runs_on,
-           f"model.attention={kernel!r} cannot run on backend {backend!r}: it runs on {'/'.join(runs_on)} only "
-           "(the Pallas kernels run on CPU only interpreted, in tests); set model.attention=auto (cudnn on GPU, "
-           "splash on TPU, xla on CPU) or xla")
+  _require(kernel in kernels.KERNEL_NAMES,
+           f"model.attention={kernel!r} is not an attention kernel: choose one of {kernels.KERNEL_NAMES}")
+  if kernel != "auto":  # auto picks a kernel of the backend
+    runs_on = kernels.KERNELS[kernel].backends
+    _require(backend in runs_on,
+             f"model.attention={kernel!r} cannot run on backend {backend!r}: it runs on {'/'.join(runs_on)} only "
+             "(the Pallas kernels run on CPU only interpreted, in tests); set model.attention=auto (cudnn on GPU, "
+             "splash on TPU, xla on CPU) or xla")
   if kernel == "cudnn":
     # The DINOv3 teacher runs with the same kernel, in its own compute dtype (ViT head_dim 64).
     sections = ("model", "dino") if config.loss.repa_lambda > 0 else ("model",)
     for section in sections:
       dtype = "bfloat16" if config[section].compute_dtype == "auto" else config[section].compute_dtype
-      _require(dtype in CUDNN_DTYPES,
+      _require(dtype in kernels.CUDNN_DTYPES,
                f"model.attention='cudnn' needs bfloat16 or float16 inputs but {section}.compute_dtype={dtype!r}: "
                f"set {section}.compute_dtype=bfloat16 (or auto), or model.attention=xla")
     head_dim = m.hidden_dim // m.num_heads
-    _require(cudnn_head_dim_ok(head_dim),
+    _require(kernels.cudnn_head_dim_ok(head_dim),
              f"model.attention='cudnn' needs head_dim (hidden_dim / num_heads) a multiple of 8 and <= "
-             f"{CUDNN_MAX_HEAD_DIM}, got {head_dim}: use model.attention=auto or pallas_gpu")
+             f"{kernels.CUDNN_MAX_HEAD_DIM}, got {head_dim}: use model.attention=auto or pallas_gpu")
   return config
-
-
-def cudnn_head_dim_ok(head_dim: int) -> bool:
-  """cuDNN fused attention takes head sizes that are multiples of 8 up to 128 on every cuDNN-capable GPU."""
-  return head_dim % 8 == 0 and head_dim <= CUDNN_MAX_HEAD_DIM

@@ -24,7 +24,6 @@ import ml_collections
 import numpy as np
 
 from pixelhdm_jax import flow
-from pixelhdm_jax.config import FREQ_TRANSFORMS
 from pixelhdm_jax.models.layers import Dtype
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -47,6 +46,9 @@ JPEG_LUMINANCE = np.array([
     [72, 92, 95, 98, 112, 100, 103, 99]], np.float64)
 JPEG_CHROMINANCE = np.full((8, 8), 99.0)
 JPEG_CHROMINANCE[:4, :4] = [[17, 18, 24, 47], [18, 21, 26, 66], [24, 26, 56, 99], [47, 66, 99, 99]]
+# `loss.freq_transform`: the einsum of D (DCT-II rows), an 8x8 block and D again. `dct2` is D X D^T; `original`
+# is the original's D X D (its horizontal pass is an inverse DCT), kept only for parity with the original.
+BLOCK_TRANSFORMS = {"dct2": "ki,bhiwjc,lj->bhwckl", "original": "ki,bhiwjc,jl->bhwckl"}
 
 
 class LossTerms(NamedTuple):
@@ -101,20 +103,15 @@ def _reflect_pad_to_blocks(x: jax.Array) -> jax.Array:
 
 
 def block_dct(x: jax.Array, transform: str = "dct2") -> jax.Array:
-  """(B, H, W, C) -> (B, H/8, W/8, C, 8, 8): a 2-D transform of every 8x8 block (reflect-padded).
-
-  `dct2`: the orthonormal DCT-II D X D^T. `original`: the original's D X D (its einsum multiplies by D, not
-  D^T, on the right, so the horizontal pass is an inverse DCT); kept only for parity with the original.
-  """
+  """(B, H, W, C) -> (B, H/8, W/8, C, 8, 8): a 2-D transform (`BLOCK_TRANSFORMS`) of every 8x8 block
+  (reflect-padded)."""
+  if transform not in BLOCK_TRANSFORMS:
+    raise ValueError(f"unknown block transform {transform!r}: choose one of {tuple(BLOCK_TRANSFORMS)}")
   x = _reflect_pad_to_blocks(x.astype(jnp.float32))
   batch, height, width, channels = x.shape
   blocks = x.reshape(batch, height // DCT_BLOCK, DCT_BLOCK, width // DCT_BLOCK, DCT_BLOCK, channels)
   d = jnp.asarray(dct_matrix(), jnp.float32)
-  specs = {"dct2": "ki,bhiwjc,lj->bhwckl", "original": "ki,bhiwjc,jl->bhwckl"}
-  if transform not in specs:
-    raise ValueError(f"unknown block transform {transform!r}: choose one of {FREQ_TRANSFORMS}")
-  spec = specs[transform]
-  return jnp.einsum(spec, d, blocks, d, precision=HIGHEST)
+  return jnp.einsum(BLOCK_TRANSFORMS[transform], d, blocks, d, precision=HIGHEST)
 
 
 def frequency_loss(v_pred: jax.Array, v_target: jax.Array, *, quality: int = 90, use_ycbcr: bool = True,

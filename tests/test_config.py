@@ -61,8 +61,3 @@ def test_resolution_over_the_mrope_tables():
                                         r"use at most 2048"):
     validate(config)
 
-
-def test_remat_policy_names_match_the_policies():
-  from pixelhdm_jax.config import REMAT_POLICIES
-  from pixelhdm_jax.models import remat
-  assert set(REMAT_POLICIES) == set(remat.POLICIES) | {"none"}

@@ -21,8 +21,7 @@ import dataclasses
 
 import numpy as np
 
-from pixelhdm_jax.config import DATA_SAMPLERS
-
+SAMPLERS = ("random", "sequential", "buffered_shuffle")  # `data.sampler`
 _SCHEDULE_STREAM = 0  # keeps the schedule's random stream apart from the per-sample augmentation stream
 _CACHED_EPOCHS = 2
 
@@ -43,8 +42,8 @@ class BatchSchedule:
   """
 
   def __init__(self, bucket_ids: np.ndarray, batch_size: int, sampler: str, seed: int, chunk_size: int = 4):
-    if sampler not in DATA_SAMPLERS:
-      raise ValueError(f"unknown sampler {sampler!r}: choose one of {DATA_SAMPLERS}")
+    if sampler not in SAMPLERS:
+      raise ValueError(f"unknown sampler {sampler!r}: choose one of {SAMPLERS}")
     if batch_size <= 0 or chunk_size <= 0:
       raise ValueError(f"batch_size ({batch_size}) and chunk_size ({chunk_size}) must be positive")
     bucket_ids = np.asarray(bucket_ids)

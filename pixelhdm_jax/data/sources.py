@@ -219,16 +219,23 @@ class TfdsSource(_LazyDataSource):
     return self._image(record[self.image_feature], size), as_text(record[self.caption_feature])
 
 
+def _folder_source(d) -> FolderSource:
+  if not d.path:
+    raise ValueError("data.source='folder' needs data.path: the --output folder of launch/prepare_data.py "
+                     "(or train on data.source=synthetic)")
+  return FolderSource(d.path, d.split, d.jpeg_draft)
+
+
+# `data.source` -> the source it builds from `config.data`.
+SOURCES = {
+    "folder": _folder_source,
+    "tfds": lambda d: TfdsSource(d.tfds_name, d.path, d.split, d.image_feature, d.caption_feature, d.jpeg_draft),
+    "synthetic": lambda d: SyntheticSource(d.synthetic_size),
+}
+
+
 def build_source(data_config) -> ImageTextSource:
-  """The source named by `config.data.source` (folder | tfds | synthetic)."""
-  d = data_config
-  if d.source == "synthetic":
-    return SyntheticSource(d.synthetic_size)
-  if d.source == "folder":
-    if not d.path:
-      raise ValueError("data.source='folder' needs data.path: the --output folder of launch/prepare_data.py "
-                       "(or train on data.source=synthetic)")
-    return FolderSource(d.path, d.split, d.jpeg_draft)
-  if d.source == "tfds":
-    return TfdsSource(d.tfds_name, d.path, d.split, d.image_feature, d.caption_feature, d.jpeg_draft)
-  raise ValueError(f"unknown data.source {d.source!r}")
+  """The source named by `config.data.source` (`SOURCES`)."""
+  if data_config.source not in SOURCES:
+    raise ValueError(f"unknown data.source {data_config.source!r}: choose one of {tuple(SOURCES)}")
+  return SOURCES[data_config.source](data_config)

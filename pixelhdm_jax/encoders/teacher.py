@@ -13,9 +13,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from pixelhdm_jax.config import RANDOM_ENCODER_SOURCES, ConfigError
 from pixelhdm_jax.encoders.dinov3 import DINOV3_VITB16, DINOv3Arch, DINOv3ViT
-from pixelhdm_jax.encoders.transformer import random_params
+from pixelhdm_jax.encoders.transformer import RANDOM_SOURCES, random_params
+from pixelhdm_jax.errors import ConfigError
 from pixelhdm_jax.models.layers import compute_dtype
 from pixelhdm_jax.weights.hf import resolve_checkpoint
 from pixelhdm_jax.weights.hf_dinov3 import abstract_params, load_dinov3
@@ -56,7 +56,7 @@ def build_dino_teacher(config: ml_collections.ConfigDict, *, with_params: bool =
   d = config.dino
   dtype = compute_dtype(d.compute_dtype)
   kernel = config.model.attention
-  if d.source in RANDOM_ENCODER_SOURCES:
+  if d.source in RANDOM_SOURCES:
     arch = TINY_DINOV3 if d.source == "random" else DINOV3_VITB16
     module = DINOv3ViT(arch, kernel, dtype)
     images = np.zeros((1, arch.patch_size, arch.patch_size, 3), np.float32)

@@ -17,10 +17,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from pixelhdm_jax.config import RANDOM_ENCODER_SOURCES, ConfigError
 from pixelhdm_jax.encoders.qwen3 import QWEN3_0_6B, Qwen3Arch, Qwen3Encoder, TextEncoding
 from pixelhdm_jax.encoders.tokenizers import QWEN3_FILES, ByteTokenizer, Tokenizer, build_tokenizer
-from pixelhdm_jax.encoders.transformer import random_params
+from pixelhdm_jax.encoders.transformer import RANDOM_SOURCES, random_params
+from pixelhdm_jax.errors import ConfigError
 from pixelhdm_jax.models.layers import compute_dtype
 from pixelhdm_jax.weights.hf import CheckpointError, read_config, resolve_checkpoint
 from pixelhdm_jax.weights.hf_qwen3 import ARCHITECTURES, MODEL_TYPE, abstract_params, arch_from_config, load_qwen3
@@ -95,7 +95,7 @@ def build_text_encoder(config: ml_collections.ConfigDict, *, with_params: bool =
   if tokenizer.vocab_size > arch.vocab_size:
     raise CheckpointError(f"the tokenizer has {tokenizer.vocab_size} tokens but the encoder's embedding only "
                           f"{arch.vocab_size}: text.path must hold a matching tokenizer")
-  if t.source in RANDOM_ENCODER_SOURCES:
+  if t.source in RANDOM_SOURCES:
     module = Qwen3Encoder(arch, t.hidden_layer, dtype)
     ids = np.zeros((1, 1), np.int32)
     params = random_params(module, RANDOM_QWEN3_SEED, ids, ids) if with_params else None

@@ -13,7 +13,7 @@ from typing import Protocol, Sequence
 import ml_collections
 import numpy as np
 
-from pixelhdm_jax.config import RANDOM_ENCODER_SOURCES
+from pixelhdm_jax.encoders.transformer import RANDOM_SOURCES
 from pixelhdm_jax.weights.hf import CheckpointError, resolve_checkpoint
 
 VOCABULARY_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model")
@@ -90,7 +90,7 @@ class HFTokenizer:
 
 def build_tokenizer(text: ml_collections.ConfigDict) -> Tokenizer:
   """The tokenizer of `config.text`: bytes for the random encoders, else the checkpoint's own."""
-  if text.source in RANDOM_ENCODER_SOURCES:
+  if text.source in RANDOM_SOURCES:
     return ByteTokenizer(text.max_length)
   return HFTokenizer(resolve_checkpoint(text, "text", QWEN3_FILES),
                      text.max_length)

@@ -1,4 +1,5 @@
-"""Pieces shared by the Qwen3 and DINOv3 ports: rotate-half RoPE, the scanned layer stack, random params.
+"""Pieces shared by the Qwen3 and DINOv3 ports: where weights come from, rotate-half RoPE, the scanned layer
+stack, random params.
 
 Both Hugging Face models rotate the two halves of each head (`rotate_half`), unlike the interleaved pairs
 of the PixelHDM network's mRoPE (`models/rope.py`), so the encoders keep their own rotation.
@@ -11,6 +12,12 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+# `text.source` and `dino.source`: random = a tiny encoder, random_full = random weights at the real size
+# (Qwen3-0.6B, DINOv3 ViT-B/16; benchmarks and AOT compiles), both from a fixed seed with no download;
+# pretrained = loaded from `path`.
+RANDOM_SOURCES = ("random", "random_full")
+SOURCES = RANDOM_SOURCES + ("pretrained",)
 
 
 def apply_rotate_half(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:

@@ -12,28 +12,28 @@ same function, GPU, bf16/fp16), `pallas_gpu` (Pallas Triton flash attention), `s
 attention); the Pallas kernels run inside `shard_map` and, off their backend, in interpret mode (tests).
 `auto` picks cudnn on GPU, splash on TPU, xla on CPU, and xla below `MIN_FUSED_LENGTH` tokens or for
 inputs the fused kernel cannot take; the platform is the one compiled for (`target.backend()`), so an AOT
-compile for a TPU on a CPU host gets splash. `pixelhdm_jax.config.check_backend` rejects impossible choices
-early.
+compile for a TPU on a CPU host gets splash. `KERNELS` is the registry (a new kernel is one entry here);
+`pixelhdm_jax.config.check_backend` reads it to reject impossible choices early.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from pixelhdm_jax import target
-from pixelhdm_jax.config import CUDNN_DTYPES, KERNEL_BACKENDS, cudnn_head_dim_ok
 from pixelhdm_jax.kernels.sharded import run_sharded
 
 AttentionFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array | None], jax.Array]
 
 # Below this many tokens `auto` uses xla: one 128-token tile, where a fused kernel gains nothing.
 MIN_FUSED_LENGTH = 128
-INTERPRETED_ON_CPU = ("pallas_gpu", "splash")  # Pallas interpret mode: for tests, slow
+CUDNN_DTYPES = ("bfloat16", "float16")
+CUDNN_MAX_HEAD_DIM = 128  # 256 from Hopper on; 128 holds on every cuDNN-capable GPU
 
 
 def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None) -> jax.Array:
@@ -46,6 +46,11 @@ def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Arra
   """cuDNN fused attention; the prefix mask becomes per-example key lengths (GQA native, GPU only)."""
   lengths = None if key_mask is None else jnp.sum(key_mask, axis=-1, dtype=jnp.int32)
   return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation="cudnn")
+
+
+def cudnn_head_dim_ok(head_dim: int) -> bool:
+  """cuDNN fused attention takes head sizes that are multiples of 8 up to 128 on every cuDNN-capable GPU."""
+  return head_dim % 8 == 0 and head_dim <= CUDNN_MAX_HEAD_DIM
 
 
 def cudnn_supports(head_dim: int, dtype) -> bool:
@@ -69,12 +74,19 @@ def _pallas(module: str, function: str) -> AttentionFn:
   return run
 
 
-KERNELS: dict[str, AttentionFn] = {
-    "xla": xla_attention,
-    "cudnn": cudnn_attention,
-    "pallas_gpu": _pallas("pallas_gpu", "flash_attention"),
-    "splash": _pallas("splash", "splash_attention"),
+class Kernel(NamedTuple):
+  run: AttentionFn
+  backends: tuple[str, ...]  # `jax.default_backend()` names it runs on
+  interpreted_on_cpu: bool = False  # Pallas interpret mode: runs on CPU in tests, slowly
+
+
+KERNELS: dict[str, Kernel] = {
+    "xla": Kernel(xla_attention, ("cpu", "gpu", "tpu")),
+    "cudnn": Kernel(cudnn_attention, ("gpu",)),
+    "pallas_gpu": Kernel(_pallas("pallas_gpu", "flash_attention"), ("gpu",), interpreted_on_cpu=True),
+    "splash": Kernel(_pallas("splash", "splash_attention"), ("tpu",), interpreted_on_cpu=True),
 }
+KERNEL_NAMES = ("auto", *KERNELS)  # what `model.attention` may be
 
 
 def resolve(name: str, *, backend: str, length: int, head_dim: int, dtype) -> str:
@@ -97,7 +109,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | No
   name = resolve(kernel, backend=backend, length=q.shape[1], head_dim=q.shape[-1], dtype=q.dtype)
   if name not in KERNELS:
     raise ValueError(f"attention kernel {name!r} is not available; known kernels: {sorted(KERNELS)} or auto")
-  if backend not in KERNEL_BACKENDS[name] and not (backend == "cpu" and name in INTERPRETED_ON_CPU):
-    raise ValueError(f"attention kernel {name!r} runs on {'/'.join(KERNEL_BACKENDS[name])} only, not on "
+  chosen = KERNELS[name]
+  if backend not in chosen.backends and not (backend == "cpu" and chosen.interpreted_on_cpu):
+    raise ValueError(f"attention kernel {name!r} runs on {'/'.join(chosen.backends)} only, not on "
                      f"{backend!r}: set model.attention=auto or xla")
-  return KERNELS[name](q, k, v, key_mask)
+  return chosen.run(q, k, v, key_mask)

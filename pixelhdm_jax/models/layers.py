@@ -15,6 +15,8 @@ Initializer = Callable[..., jax.Array]
 
 xavier_uniform = nn.initializers.xavier_uniform()
 
+# What `*.compute_dtype` may be: `auto` is bfloat16 on GPU/TPU and float32 on CPU.
+COMPUTE_DTYPES = ("auto", "bfloat16", "float32")
 # Logical axes of a (batch, sequence, width) activation at block boundaries.
 ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import jax
 
-# `none` means no remat at all; every other name wraps each block in `nn.remat` with this policy.
+# `none` means no remat at all; every other name wraps each block in `nn.remat` with its policy.
 POLICIES = {
+    "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.dots_saveable,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
@@ -15,8 +16,6 @@ POLICIES = {
 
 def policy(name: str):
   """The `jax.checkpoint` policy of a config name, or None for `none`."""
-  if name == "none":
-    return None
   if name not in POLICIES:
-    raise ValueError(f"unknown remat policy {name!r}: choose none or one of {sorted(POLICIES)}")
+    raise ValueError(f"unknown remat policy {name!r}: choose one of {list(POLICIES)}")
   return POLICIES[name]

@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from pixelhdm_jax.config import ZCLIP_VARIANTS
 from pixelhdm_jax.optim import schedules, zclip
 
 DECAYED_LEAF_NAMES = ("kernel",)
@@ -42,19 +41,26 @@ def weight_decay_mask(params):
       lambda path, leaf: _leaf_name(path) in DECAYED_LEAF_NAMES and leaf.ndim >= 2, params)
 
 
+# `optim.zclip.variant` -> the clipping it builds from `config.optim` (each capped by `max_grad_norm` if set):
+# zclip (the published algorithm), pixelhdm (the original's variant), off (the max-norm cap alone).
+CLIPPINGS = {
+    "zclip": lambda o: zclip.zclip(alpha=o.zclip.alpha, z_threshold=o.zclip.z_threshold,
+                                   warmup_steps=o.zclip.warmup_steps, max_grad_norm=o.max_grad_norm,
+                                   mode=o.zclip.mode, clip_option=o.zclip.clip_option,
+                                   clip_factor=o.zclip.clip_factor,
+                                   skip_update_on_spike=o.zclip.skip_update_on_spike),
+    "pixelhdm": lambda o: zclip.pixelhdm_zclip(threshold=o.zclip.z_threshold, ema_decay=o.zclip.alpha,
+                                               max_grad_norm=o.max_grad_norm),
+    "off": lambda o: zclip.max_norm_clip(o.max_grad_norm),
+}
+
+
 def clipping(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """The gradient clipping named by `config.optim.zclip.variant`, capped by `optim.max_grad_norm` if set."""
-  o = config.optim
-  z = o.zclip
-  if z.variant == "zclip":
-    return zclip.zclip(alpha=z.alpha, z_threshold=z.z_threshold, warmup_steps=z.warmup_steps,
-                       max_grad_norm=o.max_grad_norm, mode=z.mode, clip_option=z.clip_option,
-                       clip_factor=z.clip_factor, skip_update_on_spike=z.skip_update_on_spike)
-  if z.variant == "pixelhdm":
-    return zclip.pixelhdm_zclip(threshold=z.z_threshold, ema_decay=z.alpha, max_grad_norm=o.max_grad_norm)
-  if z.variant == "off":
-    return zclip.max_norm_clip(o.max_grad_norm)
-  raise ValueError(f"optim.zclip.variant={z.variant!r} is unknown: choose one of {ZCLIP_VARIANTS}")
+  """The gradient clipping named by `config.optim.zclip.variant` (`CLIPPINGS`)."""
+  variant = config.optim.zclip.variant
+  if variant not in CLIPPINGS:
+    raise ValueError(f"optim.zclip.variant={variant!r} is unknown: choose one of {tuple(CLIPPINGS)}")
+  return CLIPPINGS[variant](config.optim)
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:

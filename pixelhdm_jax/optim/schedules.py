@@ -20,8 +20,6 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from pixelhdm_jax.config import LR_SCHEDULES
-
 
 def _with_warmup(peak: float, warmup_steps: int, after: optax.Schedule) -> optax.Schedule:
   """Linear warm-up to `peak` over `warmup_steps`, then `after(k - warmup_steps)`."""
@@ -62,14 +60,19 @@ def stepped_cosine_restart(peak: float, cycle_steps: int, cycle_min_lr: float, d
   return _with_warmup(peak, warmup_steps, after)
 
 
+# `optim.schedule` -> the schedule it builds from the config (steps are optimizer steps).
+SCHEDULES = {
+    "constant": lambda c: constant(c.optim.learning_rate, c.optim.warmup_steps),
+    "cosine": lambda c: cosine(c.optim.learning_rate, c.train.num_steps, c.optim.min_lr, c.optim.warmup_steps),
+    "stepped_cosine_restart": lambda c: stepped_cosine_restart(
+        c.optim.learning_rate, c.optim.restart_cycle_steps, c.optim.restart_cycle_min_lr,
+        c.optim.restart_decay_rate, c.optim.min_lr, c.optim.warmup_steps),
+}
+
+
 def from_config(config: ml_collections.ConfigDict) -> optax.Schedule:
-  """The schedule named by `config.optim.schedule` (steps are optimizer steps; cosine ends at train.num_steps)."""
-  o = config.optim
-  if o.schedule == "constant":
-    return constant(o.learning_rate, o.warmup_steps)
-  if o.schedule == "cosine":
-    return cosine(o.learning_rate, config.train.num_steps, o.min_lr, o.warmup_steps)
-  if o.schedule == "stepped_cosine_restart":
-    return stepped_cosine_restart(o.learning_rate, o.restart_cycle_steps, o.restart_cycle_min_lr,
-                                  o.restart_decay_rate, o.min_lr, o.warmup_steps)
-  raise ValueError(f"optim.schedule={o.schedule!r} is unknown: choose one of {LR_SCHEDULES}")
+  """The schedule named by `config.optim.schedule` (`SCHEDULES`; cosine ends at train.num_steps)."""
+  name = config.optim.schedule
+  if name not in SCHEDULES:
+    raise ValueError(f"optim.schedule={name!r} is unknown: choose one of {tuple(SCHEDULES)}")
+  return SCHEDULES[name](config)

@@ -31,9 +31,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pixelhdm_jax.config import ZCLIP_CLIP_OPTIONS, ZCLIP_MODES
-
 CLIP_EPS = 1e-6  # in the clip coefficient e / (g + CLIP_EPS), as torch and the official code
+MODES = ("zscore", "percentile")  # `optim.zclip.mode`
+CLIP_OPTIONS = ("adaptive_scaling", "mean")  # `optim.zclip.clip_option` (zscore mode)
 
 
 class ZClipState(NamedTuple):
@@ -73,9 +73,8 @@ def zclip(alpha: float = 0.97, z_threshold: float = 2.5, warmup_steps: int = 25,
           clip_factor: float = 1.0, skip_update_on_spike: bool = False,
           eps: float = 1e-6) -> optax.GradientTransformation:
   """The published ZClip (defaults as the official code, except max_grad_norm None: pure ZClip)."""
-  if mode not in ZCLIP_MODES or clip_option not in ZCLIP_CLIP_OPTIONS:
-    raise ValueError(f"ZClip mode={mode!r}, clip_option={clip_option!r}: choose from {ZCLIP_MODES} and "
-                     f"{ZCLIP_CLIP_OPTIONS}")
+  if mode not in MODES or clip_option not in CLIP_OPTIONS:
+    raise ValueError(f"ZClip mode={mode!r}, clip_option={clip_option!r}: choose from {MODES} and {CLIP_OPTIONS}")
   if warmup_steps < 1:
     raise ValueError(f"ZClip warmup_steps must be >= 1 (the statistics start from its norms), got {warmup_steps}")
 

@@ -173,11 +173,16 @@ def num_evaluations(name: str, num_steps: int) -> int:
   return num_steps
 
 
+# `sample.time_shift_mode` -> the time-grid shift for (config.sample, height, width).
+SHIFT_MODES = {
+    "resolution": lambda s, height, width: flow.resolution_shift(height, width),  # SD3: sqrt(H W) / 256
+    "fixed": lambda s, height, width: s.time_shift,
+}
+
+
 def shift_for(sample_config: ml_collections.ConfigDict, height: int, width: int) -> float:
-  """The time-grid shift of `config.sample` for an image size (SD3 resolution rule or a fixed value)."""
-  if sample_config.time_shift_mode == "resolution":
-    return flow.resolution_shift(height, width)
-  return sample_config.time_shift
+  """The time-grid shift of `config.sample` for an image size (`SHIFT_MODES`)."""
+  return SHIFT_MODES[sample_config.time_shift_mode](sample_config, height, width)
 
 
 def sample(velocity_fn: VelocityFn, z: jax.Array, *, sampler: str = "heun", num_steps: int = 50,

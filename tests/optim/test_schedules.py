@@ -87,7 +87,7 @@ def test_stepped_cosine_restart(kwargs):
     np.testing.assert_allclose(expected[kwargs["t0"]], kwargs["base_lr"] * 0.9)
 
 
-@pytest.mark.parametrize("name", config_lib.LR_SCHEDULES)
+@pytest.mark.parametrize("name", list(schedules.SCHEDULES))
 def test_from_config(name):
   config = base.get_config("tiny")
   config.optim.schedule = name
