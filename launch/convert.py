@@ -17,8 +17,8 @@ import pathlib
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pixelhdm_jax.train.checkpoint import CheckpointError, save_for_inference
 from pixelhdm_jax.weights import interop
+from pixelhdm_jax.weights.inference import CheckpointError, save_for_inference
 
 _DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "base.py") + ":default"
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Config with a preset, e.g. "

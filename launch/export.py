@@ -12,7 +12,7 @@ weights, and OUT/config.json with the original's config fields. See docs/interop
 
 from absl import app, flags, logging
 
-from pixelhdm_jax.train.checkpoint import CheckpointError
+from pixelhdm_jax.weights.inference import CheckpointError
 from pixelhdm_jax.weights import interop
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir or inference checkpoint.", required=True)

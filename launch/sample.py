@@ -21,7 +21,7 @@ from pixelhdm_jax import parallel
 from pixelhdm_jax.compilation_cache import configure_compilation_cache
 from pixelhdm_jax.sample.images import save_images
 from pixelhdm_jax.sample.pipeline import Pipeline
-from pixelhdm_jax.train.checkpoint import CheckpointError
+from pixelhdm_jax.weights.inference import CheckpointError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir or exported checkpoint directory.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "Folder that receives the PNGs and grid.png.", required=True)

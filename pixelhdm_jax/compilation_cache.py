@@ -13,10 +13,7 @@ import pathlib
 
 import jax
 
-
-def user_cache_root() -> pathlib.Path:
-  """`$XDG_CACHE_HOME/pixelhdm_jax` (default `~/.cache/pixelhdm_jax`): where the project's caches live."""
-  return pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "pixelhdm_jax"
+from pixelhdm_jax.user_cache import user_cache_root
 
 
 def default_directory() -> pathlib.Path:

@@ -4,9 +4,9 @@ Total = V-MSE + freq_lambda * freq + repa_lambda * iREPA + gamma_l2_lambda * gam
 (`reference/original_pytorch.md` §4.2, §5; `reference/field.md` §4.2, §6). Images and velocities are
 channel-last (B, H, W, 3).
 
-The iREPA projector (`RepaProjector`) is a trained part of the train state, unlike in the original where it
-was never optimised nor saved (SPEC §2, deviation 3). REPA is off (its term is 0 and no teacher is needed)
-when `repa_lambda` is 0 or from optimizer step `repa_early_stop` on (`repa_active`).
+The iREPA loss takes the output of `models.repa_projector.RepaProjector`, a trained part of the train state
+(the original never optimised nor saved it). REPA is off (its term is 0 and no teacher is needed) when
+`repa_lambda` is 0 or from optimizer step `repa_early_stop` on (`repa_active`).
 
 Deviation: the frequency loss uses the true orthonormal DCT-II. The original's block DCT computes D X D
 instead of D X D^T (verified on its micro fixture: 0.18% different loss); `freq_transform="original"`
@@ -17,14 +17,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from pixelhdm_jax import flow
-from pixelhdm_jax.models.layers import Dtype
 
 HIGHEST = jax.lax.Precision.HIGHEST
 DCT_BLOCK = 8
@@ -125,32 +123,6 @@ def frequency_loss(v_pred: jax.Array, v_target: jax.Array, *, quality: int = 90,
     diff = jnp.einsum("bhwc,dc->bhwd", diff, jnp.asarray(RGB_TO_YCBCR, jnp.float32), precision=HIGHEST)
   weights = jnp.asarray(frequency_weights(quality, use_ycbcr))
   return jnp.mean(weights * jnp.square(block_dct(diff, transform)))
-
-
-class RepaProjector(nn.Module):
-  """iREPA's conv projector: Conv 3x3 (padding 1, bias) from the model width to the teacher width.
-
-  Applied on the (grid_h, grid_w) patch grid of the REPA features; the grid is passed explicitly because
-  buckets are not square. Kernel: kaiming-normal (fan_out, ReLU gain), bias zero (as the original).
-  """
-  teacher_dim: int
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, features: jax.Array, grid: tuple[int, int]) -> jax.Array:
-    """features (B, L, D) with L = grid_h * grid_w in raster order -> (B, L, teacher_dim) float32."""
-    batch, length, width = features.shape
-    grid_h, grid_w = grid
-    if grid_h * grid_w != length:
-      raise ValueError(f"REPA grid {grid_h}x{grid_w} does not hold the {length} image tokens")
-    kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-    conv = nn.Conv(self.teacher_dim, (3, 3), padding=1, use_bias=True, dtype=self.dtype, param_dtype=jnp.float32,
-                   kernel_init=nn.with_logical_partitioning(
-                       kernel_init, ("conv_height", "conv_width", "embed", "teacher_embed")),
-                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("teacher_embed",)),
-                   name="conv")
-    projected = conv(features.reshape(batch, grid_h, grid_w, width).astype(self.dtype))
-    return projected.reshape(batch, length, self.teacher_dim).astype(jnp.float32)
 
 
 def spatial_zscore(features: jax.Array, eps: float = 1e-6) -> jax.Array:

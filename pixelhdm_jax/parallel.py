@@ -75,6 +75,12 @@ def place_params(params: Any, abstract_params: Any, mesh: Mesh, rules: Rules) ->
   return jax.tree.map(place, params, shardings), shardings
 
 
+def strip_boxes(tree: Any) -> Any:
+  """Removes the logical-axis boxes without adding sharding constraints (safe on abstract values)."""
+  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
+  return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree, is_leaf=is_box)
+
+
 def abstract_arrays(tree: Any, shardings: Any) -> Any:
   """`jax.ShapeDtypeStruct`s of `tree`'s leaves with `shardings` (a matching tree, or one sharding for all):
   the targets of a checkpoint restore or an ahead-of-time compile."""

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from configs import base
 from pixelhdm_jax import config as config_lib
 from pixelhdm_jax import losses
+from pixelhdm_jax.models.repa_projector import RepaProjector
 
 # Published q=90 tables (`reference/original_pytorch.md` §5.2, `reference/field.md` §6).
 Q90_LUMA = np.array([[3, 2, 2, 3, 5, 8, 10, 12], [2, 2, 3, 4, 5, 12, 12, 11], [3, 3, 3, 5, 8, 11, 14, 11],
@@ -114,7 +115,7 @@ def test_repa_matches_torch_on_a_non_square_grid():
   rng = np.random.default_rng(3)
   features = rng.normal(size=(2, 15, width)).astype(np.float32)
   teacher = (rng.normal(size=(2, 15, teacher_dim)) * 3 + 1).astype(np.float32)
-  projector = losses.RepaProjector(teacher_dim)
+  projector = RepaProjector(teacher_dim)
   params = projector.init(jax.random.key(0), jnp.asarray(features), grid)["params"]
   params = jax.tree.map(lambda p: p.value + 0.1, params, is_leaf=lambda p: hasattr(p, "value"))  # nonzero bias
   projected = projector.apply({"params": params}, jnp.asarray(features), grid)
@@ -126,7 +127,7 @@ def test_repa_matches_torch_on_a_non_square_grid():
 
 def test_repa_projector_init_and_axis_names():
   width, teacher_dim = 64, 48
-  variables = losses.RepaProjector(teacher_dim).init(jax.random.key(1), jnp.zeros((1, 6, width)), (2, 3))
+  variables = RepaProjector(teacher_dim).init(jax.random.key(1), jnp.zeros((1, 6, width)), (2, 3))
   kernel, bias = variables["params"]["conv"]["kernel"], variables["params"]["conv"]["bias"]
   assert kernel.names == ("conv_height", "conv_width", "embed", "teacher_embed")
   assert kernel.value.shape == (3, 3, width, teacher_dim) and kernel.value.dtype == jnp.float32

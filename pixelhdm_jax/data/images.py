@@ -1,8 +1,10 @@
-"""Image decoding and preprocessing shared by `prepare.py` and the training loader.
+"""Image decoding and preprocessing shared by `prepare.py` and the training loader, and the pixel range.
 
 Preprocessing is the original's (`reference/original_pytorch.md` §8.2): cover-resize with Lanczos so the
 bucket fits inside, crop the bucket at the centre or at a random offset, optional horizontal flip. The
-loader hands uint8 pixels to the device; the train step maps them to [-1, 1] (x / 127.5 - 1).
+loader hands uint8 pixels to the device; the train step maps them to [-1, 1] (`images_to_model_range`) and
+sampling maps the network's images back (`to_uint8`). Both take numpy or JAX arrays (array methods only), so
+this module imports no JAX.
 """
 
 from __future__ import annotations
@@ -14,6 +16,16 @@ from PIL import Image, ImageOps
 
 WHITE = (255, 255, 255)
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def images_to_model_range(images):
+  """uint8 [0, 255] -> float32 [-1, 1] (x / 127.5 - 1)."""
+  return images.astype(np.float32) / 127.5 - 1.0
+
+
+def to_uint8(images):
+  """[-1, 1] -> uint8 by rounding (the original truncated) of clip((x + 1) / 2) * 255."""
+  return (((images + 1.0) / 2.0).clip(0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
 def open_image(data: bytes, draft_size: tuple[int, int] | None = None) -> Image.Image:

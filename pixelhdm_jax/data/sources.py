@@ -26,11 +26,11 @@ import tqdm
 from absl import logging
 from PIL import Image
 
-from pixelhdm_jax.compilation_cache import user_cache_root
 from pixelhdm_jax.data import images as image_ops
 from pixelhdm_jax.data import prepare
 from pixelhdm_jax.data.buckets import AspectRatioBucket
 from pixelhdm_jax.data.synthetic import SyntheticSource
+from pixelhdm_jax.user_cache import user_cache_root
 
 
 class ImageTextSource(Protocol):

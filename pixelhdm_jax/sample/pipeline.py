@@ -32,21 +32,16 @@ from tqdm import tqdm
 
 from pixelhdm_jax import flow, parallel
 from pixelhdm_jax.config import validate
+from pixelhdm_jax.data.images import images_to_model_range, to_uint8
 from pixelhdm_jax.encoders.text import TextEncoder, build_text_encoder
 from pixelhdm_jax.models.pixelhdm import PixelHDM, abstract_params
 from pixelhdm_jax.sample import solvers
 from pixelhdm_jax.sample.guidance import Guidance, guided_velocity_fn
 from pixelhdm_jax.sample.images import load_init_image
-from pixelhdm_jax.train.checkpoint import load_for_inference
-from pixelhdm_jax.train.step import images_to_model_range
+from pixelhdm_jax.weights.inference import load_for_inference
 
 DEFAULT_STRENGTH = 0.8  # image-to-image, as the original
 _BATCH_AXES = ("activation_batch",)
-
-
-def to_uint8(images: jax.Array) -> jax.Array:
-  """[-1, 1] -> uint8 by rounding (the original truncated) of clip((x + 1) / 2) * 255."""
-  return jnp.round(jnp.clip((images + 1.0) / 2.0, 0.0, 1.0) * 255.0).astype(jnp.uint8)
 
 
 def check_size(model_config: ml_collections.ConfigDict, height: int, width: int) -> None:

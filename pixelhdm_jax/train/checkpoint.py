@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a whole training run, and loading network weights for inference.
+"""Orbax checkpoints of a whole training run (inference checkpoints: `weights/inference.py`).
 
 A workdir's `checkpoints/<step>/` holds the items
   model        the network parameters (float32)
@@ -14,7 +14,6 @@ silently starts afresh over an existing checkpoint.
 
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Any
 
@@ -24,15 +23,10 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
-from pixelhdm_jax import parallel
-from pixelhdm_jax.models.pixelhdm import PixelHDM, abstract_params
-from pixelhdm_jax.train.state import TrainState, strip_boxes
+from pixelhdm_jax.train.state import TrainState
+from pixelhdm_jax.weights.inference import CheckpointError, config_json
 
 ITEMS = ("model", "ema", "train_state", "data", "config")
-
-
-class CheckpointError(RuntimeError):
-  """A checkpoint exists but cannot be used: the message names the path and what is wrong."""
 
 
 # Settings that do not change what the weights mean: a run may resume with other values (another kernel or
@@ -50,11 +44,6 @@ def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
     elif a != b and not (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and list(a) == list(b)):
       out.append(f"{prefix}{key}: checkpoint {a!r}, this run {b!r}")
   return out
-
-
-def config_json(config: ml_collections.ConfigDict) -> dict:
-  """The config as plain JSON values (tuples become lists)."""
-  return json.loads(config.to_json())
 
 
 class RunCheckpoints:
@@ -139,54 +128,3 @@ class RunCheckpoints:
 
   def close(self) -> None:
     self.manager.close()
-
-
-def checkpoint_directory(path: str | pathlib.Path) -> pathlib.Path:
-  """A training workdir (`<workdir>/checkpoints`) or a checkpoint directory itself (e.g. an export)."""
-  path = pathlib.Path(path).absolute()
-  if (path / "checkpoints").is_dir():
-    path = path / "checkpoints"
-  if not path.is_dir():
-    raise CheckpointError(f"{path} is not a training workdir or a checkpoint directory")
-  return path
-
-
-def load_for_inference(path: str | pathlib.Path, *, use_ema: bool = True, step: int | None = None,
-                       sharding: jax.sharding.Sharding | None = None) -> tuple[ml_collections.ConfigDict, Any, int]:
-  """(config, network params, step) from a workdir or an exported checkpoint; EMA weights when present and
-  `use_ema`. Params are placed with `sharding` (default: replicated on the first local device)."""
-  directory = checkpoint_directory(path)
-  handlers = {"model": ocp.StandardCheckpointHandler(), "ema": ocp.StandardCheckpointHandler(),
-              "config": ocp.JsonCheckpointHandler()}
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
-                                  item_handlers=handlers)
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise CheckpointError(f"{directory} holds no complete checkpoint")
-  item = "ema" if use_ema and (directory / str(step) / "ema").is_dir() else "model"
-  try:
-    config = ml_collections.ConfigDict(manager.restore(step, args=ocp.args.Composite(
-        config=ocp.args.JsonRestore()))["config"])
-    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = parallel.abstract_arrays(strip_boxes(abstract_params(PixelHDM.from_config(config.model))), sharding)
-    params = manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract)}))[item]
-  except CheckpointError:
-    raise
-  except Exception as error:  # noqa: BLE001  (re-raised with the path)
-    raise CheckpointError(f"cannot load the network weights ({item}) of checkpoint {directory / str(step)}: "
-                          f"{type(error).__name__}: {error}") from error
-  finally:
-    manager.close()
-  return config, params, step
-
-
-def save_for_inference(directory: str | pathlib.Path, config: ml_collections.ConfigDict, params: Any,
-                       step: int = 0) -> pathlib.Path:
-  """Writes an inference checkpoint (items `model` and `config`) that `load_for_inference` reads."""
-  directory = pathlib.Path(directory).absolute()
-  handlers = {"model": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
-  with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False),
-                             item_handlers=handlers) as manager:
-    manager.save(step, args=ocp.args.Composite(model=ocp.args.StandardSave(params),
-                                               config=ocp.args.JsonSave(config_json(config))))
-  return directory

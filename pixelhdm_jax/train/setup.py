@@ -18,11 +18,11 @@ from jax.sharding import Mesh
 from pixelhdm_jax import parallel
 from pixelhdm_jax.encoders.teacher import DinoTeacher, build_dino_teacher
 from pixelhdm_jax.encoders.text import TextEncoder, build_text_encoder
-from pixelhdm_jax.losses import RepaProjector
 from pixelhdm_jax.models.pixelhdm import PixelHDM
+from pixelhdm_jax.models.repa_projector import RepaProjector
 from pixelhdm_jax.optim.optimizer import make_optimizer
 from pixelhdm_jax.train.state import (Networks, TrainState, abstract_state, create_train_state, replicated,
-                                      state_shardings, strip_boxes)
+                                      state_shardings)
 from pixelhdm_jax.train.step import BATCH_KEYS, compile_train_step
 
 
@@ -54,7 +54,7 @@ def _abstract_encoder(encoder, mesh: Mesh, rules: parallel.Rules) -> tuple[Any, 
   """(ShapeDtypeStructs with shardings, shardings) of a frozen encoder built without params."""
   abstract = encoder.abstract_params()
   shardings = parallel.param_shardings(abstract, mesh, rules)
-  shapes = parallel.abstract_arrays(strip_boxes(abstract), shardings)
+  shapes = parallel.abstract_arrays(parallel.strip_boxes(abstract), shardings)
   return shapes, shardings
 
 

@@ -20,9 +20,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pixelhdm_jax import parallel
-from pixelhdm_jax.losses import RepaProjector
 from pixelhdm_jax.models.layers import abstract_key
 from pixelhdm_jax.models.pixelhdm import PixelHDM, example_inputs
+from pixelhdm_jax.models.repa_projector import RepaProjector
 from pixelhdm_jax.optim.ema import init_ema
 
 
@@ -67,12 +67,6 @@ def _init_trainable(networks: Networks, rng: jax.Array):
   return params, networks.optimizer.init(params), init_ema(model_params)
 
 
-def strip_boxes(tree: Any) -> Any:
-  """Removes the logical-axis boxes without adding sharding constraints (safe on abstract values)."""
-  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
-  return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree, is_leaf=is_box)
-
-
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
@@ -88,7 +82,7 @@ def state_shardings(networks: Networks, encoder_shardings: Any, mesh: Mesh, rule
 
 def abstract_state(networks: Networks, encoders: Any, shardings: TrainState) -> TrainState:
   """`jax.ShapeDtypeStruct`s (with shardings) of the whole state: the target of a checkpoint restore."""
-  params, opt_state, ema = strip_boxes(jax.eval_shape(functools.partial(_init_trainable, networks),
+  params, opt_state, ema = parallel.strip_boxes(jax.eval_shape(functools.partial(_init_trainable, networks),
                                                       abstract_key()))
   scalar = jax.ShapeDtypeStruct((), jnp.int32)
   state = TrainState(step=scalar, params=params, opt_state=opt_state, ema=ema, nonfinite=scalar,

@@ -17,6 +17,7 @@ import ml_collections
 import optax
 
 from pixelhdm_jax import flow
+from pixelhdm_jax.data.images import images_to_model_range
 from pixelhdm_jax.encoders.teacher import DinoTeacher
 from pixelhdm_jax.encoders.text import TextEncoder
 from pixelhdm_jax.losses import training_loss
@@ -25,11 +26,6 @@ from pixelhdm_jax.optim.optimizer import after_skipped_update, optimizer_metrics
 from pixelhdm_jax.train.state import Networks, TrainState
 
 BATCH_KEYS = ("images", "token_ids", "token_mask")
-
-
-def images_to_model_range(images: jax.Array) -> jax.Array:
-  """uint8 [0, 255] -> float32 [-1, 1]."""
-  return images.astype(jnp.float32) / 127.5 - 1.0
 
 
 def _all_finite(tree) -> jax.Array:

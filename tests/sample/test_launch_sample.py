@@ -12,7 +12,7 @@ from PIL import Image
 
 from configs import base
 from pixelhdm_jax.models.pixelhdm import PixelHDM
-from pixelhdm_jax.train.checkpoint import save_for_inference
+from pixelhdm_jax.weights.inference import save_for_inference
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from pixelhdm_jax.train.checkpoint import CheckpointError
+from pixelhdm_jax.weights.inference import CheckpointError
 from pixelhdm_jax.train.loop import train_and_evaluate
 from tests.train.conftest import tiny_run_config
 

@@ -17,8 +17,8 @@ import torch
 
 from configs import base
 from pixelhdm_jax.models.pixelhdm import PixelHDM, abstract_params
-from pixelhdm_jax.train.checkpoint import config_json, load_for_inference
 from pixelhdm_jax.weights import interop
+from pixelhdm_jax.weights.inference import config_json, load_for_inference
 from pixelhdm_jax.weights.original import OriginalWeightsError, export_state_dict, import_state_dict
 from pixelhdm_jax.weights.original_config import OriginalConfigError, config_from_original
 from tests.models.original_micro import micro_config, micro_inputs

@@ -1,0 +1,81 @@
+"""Inference checkpoints: the network weights and config of a training workdir or an export, read and written.
+
+A training workdir's `checkpoints/<step>/` (`train/checkpoint.py`) and an inference checkpoint both hold the
+Orbax items `model` (and `ema` in a workdir) and `config`; `load_for_inference` reads either, so sampling and
+exports never depend on the training code. `config_json` is the JSON form of a config that every checkpoint
+stores.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from pixelhdm_jax import parallel
+from pixelhdm_jax.models.pixelhdm import PixelHDM, abstract_params
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint exists but cannot be used: the message names the path and what is wrong."""
+
+
+def config_json(config: ml_collections.ConfigDict) -> dict:
+  """The config as plain JSON values (tuples become lists)."""
+  return json.loads(config.to_json())
+
+
+def checkpoint_directory(path: str | pathlib.Path) -> pathlib.Path:
+  """A training workdir (`<workdir>/checkpoints`) or a checkpoint directory itself (e.g. an export)."""
+  path = pathlib.Path(path).absolute()
+  if (path / "checkpoints").is_dir():
+    path = path / "checkpoints"
+  if not path.is_dir():
+    raise CheckpointError(f"{path} is not a training workdir or a checkpoint directory")
+  return path
+
+
+def load_for_inference(path: str | pathlib.Path, *, use_ema: bool = True, step: int | None = None,
+                       sharding: jax.sharding.Sharding | None = None) -> tuple[ml_collections.ConfigDict, Any, int]:
+  """(config, network params, step) from a workdir or an exported checkpoint; EMA weights when present and
+  `use_ema`. Params are placed with `sharding` (default: replicated on the first local device)."""
+  directory = checkpoint_directory(path)
+  handlers = {"model": ocp.StandardCheckpointHandler(), "ema": ocp.StandardCheckpointHandler(),
+              "config": ocp.JsonCheckpointHandler()}
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+                                  item_handlers=handlers)
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise CheckpointError(f"{directory} holds no complete checkpoint")
+  item = "ema" if use_ema and (directory / str(step) / "ema").is_dir() else "model"
+  try:
+    config = ml_collections.ConfigDict(manager.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore()))["config"])
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    network = parallel.strip_boxes(abstract_params(PixelHDM.from_config(config.model)))
+    abstract = parallel.abstract_arrays(network, sharding)
+    params = manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract)}))[item]
+  except CheckpointError:
+    raise
+  except Exception as error:  # noqa: BLE001  (re-raised with the path)
+    raise CheckpointError(f"cannot load the network weights ({item}) of checkpoint {directory / str(step)}: "
+                          f"{type(error).__name__}: {error}") from error
+  finally:
+    manager.close()
+  return config, params, step
+
+
+def save_for_inference(directory: str | pathlib.Path, config: ml_collections.ConfigDict, params: Any,
+                       step: int = 0) -> pathlib.Path:
+  """Writes an inference checkpoint (items `model` and `config`) that `load_for_inference` reads."""
+  directory = pathlib.Path(directory).absolute()
+  handlers = {"model": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
+  with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False),
+                             item_handlers=handlers) as manager:
+    manager.save(step, args=ocp.args.Composite(model=ocp.args.StandardSave(params),
+                                               config=ocp.args.JsonSave(config_json(config))))
+  return directory
