@@ -4,21 +4,29 @@
 attention (2-D rotate-half RoPE on patch tokens only) -> LayerScale -> residual; LayerNorm -> MLP ->
 LayerScale -> residual] -> final LayerNorm -> patch tokens (`field.md` §4.3). RoPE uses patch-centre
 coordinates normalised to [-1, 1] per axis, without the training-time jitter, so any H, W that are
-multiples of the patch size work. Params are float32 and named like Hugging Face's `DINOv3ViTModel`.
+multiples of the patch size work. Params are float32 and named like Hugging Face's `DINOv3ViTModel`;
+`load_dinov3` reads a local Hugging Face directory, or Meta's official `.pth` renamed to those names first
+(`dinov3_meta.py`). The mask token (masked pre-training only) is never needed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import pathlib
+import re
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pixelhdm_jax.encoders import dinov3_meta
+from pixelhdm_jax.encoders.hf_checkpoint import (EncoderCheckpointError, TensorRule, load_params, open_safetensors,
+                                                 read_config)
 from pixelhdm_jax.encoders.transformer import apply_rotate_half, layer_stack
 from pixelhdm_jax.kernels.attention import attention
-from pixelhdm_jax.models.layers import ACTIVATION_AXES, Dtype, dense
+from pixelhdm_jax.models.layers import ACTIVATION_AXES, Dtype, abstract_key, dense
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -167,3 +175,82 @@ class DINOv3ViT(nn.Module):
     x, _ = layers(x, rope)
     x = _layer_norm(a, self.dtype, "norm")(x)
     return jax.lax.stop_gradient(x[:, 1 + a.num_register_tokens:])
+
+
+MODEL_TYPE = "dinov3_vit"
+ARCHITECTURES = ("DINOv3ViTModel", "DINOv3ViTBackbone")
+
+
+def tensor_rules(arch: DINOv3Arch) -> list[TensorRule]:
+  """Flax path <- Hugging Face name for every parameter of `DINOv3ViT(arch)`."""
+  rules = [TensorRule(("patch_embeddings", "kernel"), "embeddings.patch_embeddings.weight", "conv"),
+           TensorRule(("patch_embeddings", "bias"), "embeddings.patch_embeddings.bias"),
+           TensorRule(("cls_token",), "embeddings.cls_token"),
+           TensorRule(("register_tokens",), "embeddings.register_tokens"),
+           TensorRule(("norm", "scale"), "norm.weight"), TensorRule(("norm", "bias"), "norm.bias")]
+  layer = "layer.{i}."
+
+  def linear(path: tuple[str, ...], name: str, bias: bool) -> list[TensorRule]:
+    found = [TensorRule(("layer",) + path + ("kernel",), layer + name + ".weight", "linear")]
+    return found + ([TensorRule(("layer",) + path + ("bias",), layer + name + ".bias")] if bias else [])
+
+  for norm in ("norm1", "norm2"):
+    rules += [TensorRule(("layer", norm, "scale"), layer + norm + ".weight"),
+              TensorRule(("layer", norm, "bias"), layer + norm + ".bias")]
+  for scale in ("layer_scale1", "layer_scale2"):
+    rules.append(TensorRule(("layer", scale, "lambda1"), layer + scale + ".lambda1"))
+  for proj, bias in (("q_proj", arch.query_bias), ("k_proj", arch.key_bias), ("v_proj", arch.value_bias),
+                     ("o_proj", arch.proj_bias)):
+    rules += linear(("attention", proj), f"attention.{proj}", bias)
+  for proj in ("gate_proj", "up_proj", "down_proj") if arch.gated_mlp else ("up_proj", "down_proj"):
+    rules += linear(("mlp", proj), f"mlp.{proj}", arch.mlp_bias)
+  return rules
+
+
+def arch_from_config(config: dict[str, Any]) -> DINOv3Arch:
+  """The `DINOv3Arch` of a Hugging Face `config.json`."""
+  patch = config.get("patch_size", 16)
+  patch_h, patch_w = (patch, patch) if isinstance(patch, int) else patch
+  act = config.get("hidden_act", "gelu")
+  if patch_h != patch_w or config.get("num_channels", 3) != 3 or act not in ACTIVATIONS:
+    raise EncoderCheckpointError(f"unsupported DINOv3 config: patch_size={patch}, num_channels="
+                                 f"{config.get('num_channels')}, hidden_act={act!r} (supported: square patches, "
+                                 f"3 channels, hidden_act in {sorted(ACTIVATIONS)})")
+  return DINOv3Arch(hidden_size=config["hidden_size"], num_layers=config["num_hidden_layers"],
+                    num_heads=config["num_attention_heads"], intermediate_size=config["intermediate_size"],
+                    patch_size=patch_h, num_register_tokens=config.get("num_register_tokens", 0),
+                    layer_norm_eps=config.get("layer_norm_eps", 1e-5), rope_theta=config.get("rope_theta", 100.0),
+                    query_bias=config.get("query_bias", True), key_bias=config.get("key_bias", False),
+                    value_bias=config.get("value_bias", True), proj_bias=config.get("proj_bias", True),
+                    mlp_bias=config.get("mlp_bias", True), gated_mlp=config.get("use_gated_mlp", False),
+                    hidden_act=act)
+
+
+def abstract_params(module: DINOv3ViT) -> Any:
+  """Parameter shapes of `module` (no memory), with their logical-axis boxes."""
+  p = module.arch.patch_size
+  return jax.eval_shape(module.init, abstract_key(), jax.ShapeDtypeStruct((1, p, p, 3), jnp.float32))["params"]
+
+
+def load_dinov3(path: pathlib.Path | str, kernel: str = "xla",
+                dtype: Dtype = jnp.float32) -> tuple[DINOv3ViT, dict[str, Any]]:
+  """The ViT of a Hugging Face directory or a Meta `.pth` file, and its float32 params (host arrays)."""
+  path = pathlib.Path(path)
+  if path.suffix == ".pth":
+    meta = dinov3_meta.read_meta_checkpoint(path)
+    arch = DINOv3Arch(**dinov3_meta.arch_fields(meta, repr(str(path)), DINOv3Arch.rope_theta))
+    source = dinov3_meta.meta_to_hf(meta)
+  else:
+    arch = arch_from_config(read_config(path, MODEL_TYPE, ARCHITECTURES))
+    source = open_safetensors(path)
+  module = DINOv3ViT(arch, kernel, dtype)
+  rules = tensor_rules(arch)
+  known = {n for rule in rules for n in rule.names(arch.num_layers)}
+  params = load_params(abstract_params(module), rules, source, num_layers=arch.num_layers, known=known,
+                       where=repr(str(path)), rename=_rename)
+  return module, params
+
+
+def _rename(name: str) -> str | None:
+  """Hugging Face names of a backbone checkpoint (`model.layer.*`) as the model's; the mask token skipped."""
+  return None if name == dinov3_meta.MASK_TOKEN else re.sub(r"^model\.layer\.", "layer.", name)

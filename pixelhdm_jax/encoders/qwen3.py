@@ -3,6 +3,8 @@
 Token embedding -> N x [RMSNorm -> GQA attention (per-head q/k RMSNorm before rotate-half RoPE, causal
 plus padding mask) -> residual; RMSNorm -> SwiGLU -> residual] -> final RMSNorm (`field.md` §7.2).
 Params are float32 and named like Hugging Face's (`layers` stacked by `nn.scan`); compute runs in `dtype`.
+`load_qwen3` reads a local `Qwen3Model` or `Qwen3ForCausalLM` checkpoint into them (the `model.` prefix of the
+causal-LM checkpoints stripped; the LM head, tied to the embedding in the small Qwen3s, skipped).
 
 `hidden_layer` follows Hugging Face's `hidden_states[hidden_layer]`: -1 is `last_hidden_state` (after the
 final norm, the original PixelHDM's choice); -k for k >= 2 is the raw output of layer N-k+1 (Z-Image and
@@ -13,15 +15,17 @@ give a zero attention output, as Hugging Face's default SDPA path does with torc
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+import pathlib
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pixelhdm_jax.encoders.hf_checkpoint import (EncoderCheckpointError, TensorRule, load_params, open_safetensors,
+                                                 read_config)
 from pixelhdm_jax.encoders.transformer import apply_rotate_half, layer_stack
-from pixelhdm_jax.models.layers import ACTIVATION_AXES, Dtype, RMSNorm, SwiGLU, dense
-
+from pixelhdm_jax.models.layers import ACTIVATION_AXES, Dtype, RMSNorm, SwiGLU, abstract_key, dense
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,3 +138,72 @@ def last_valid_token(hidden: jax.Array, mask: jax.Array) -> jax.Array:
   index = jnp.sum(mask, axis=-1).astype(jnp.int32) - 1
   index = jnp.where(index < 0, hidden.shape[1] - 1, index)
   return jnp.take_along_axis(hidden, index[:, None, None], axis=1)[:, 0]
+
+
+MODEL_TYPE = "qwen3"
+ARCHITECTURES = ("Qwen3Model", "Qwen3ForCausalLM")
+_LAYER = "layers.{i}."
+_LAYER_RULES = (
+    TensorRule(("layers", "input_layernorm", "scale"), _LAYER + "input_layernorm.weight"),
+    *(TensorRule(("layers", "self_attn", p, "kernel"), _LAYER + f"self_attn.{p}.weight", "linear")
+      for p in ("q_proj", "k_proj", "v_proj", "o_proj")),
+    *(TensorRule(("layers", "self_attn", n, "scale"), _LAYER + f"self_attn.{n}.weight") for n in ("q_norm", "k_norm")),
+    TensorRule(("layers", "post_attention_layernorm", "scale"), _LAYER + "post_attention_layernorm.weight"),
+    *(TensorRule(("layers", "mlp", p, "kernel"), _LAYER + f"mlp.{p}.weight", "linear")
+      for p in ("gate_proj", "up_proj", "down_proj")),
+)
+_EMBED = TensorRule(("embed_tokens", "embedding"), "embed_tokens.weight")
+_NORM = TensorRule(("norm", "scale"), "norm.weight")
+
+
+def arch_from_config(config: dict[str, Any]) -> Qwen3Arch:
+  """The `Qwen3Arch` of a `config.json`; `EncoderCheckpointError` for settings this port does not implement."""
+  rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+  unsupported = {
+      "rope type": rope.get("rope_type", rope.get("type", "default")),
+      "attention_bias": config.get("attention_bias", False),
+      "use_sliding_window": config.get("use_sliding_window", False),
+      "hidden_act": config.get("hidden_act", "silu"),
+  }
+  supported = {"rope type": "default", "attention_bias": False, "use_sliding_window": False, "hidden_act": "silu"}
+  bad = [f"{key}={value!r} (supported: {supported[key]!r})" for key, value in unsupported.items()
+         if value != supported[key]]
+  if bad:
+    raise EncoderCheckpointError(f"unsupported Qwen3 config settings: {', '.join(bad)}")
+  heads = config["num_attention_heads"]
+  return Qwen3Arch(vocab_size=config["vocab_size"], hidden_size=config["hidden_size"],
+                   num_layers=config["num_hidden_layers"], num_heads=heads,
+                   num_kv_heads=config.get("num_key_value_heads") or heads,
+                   head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+                   intermediate_size=config["intermediate_size"], rms_norm_eps=config.get("rms_norm_eps", 1e-6),
+                   rope_theta=float(rope.get("rope_theta", config.get("rope_theta", 10000.0))))
+
+
+def tensor_rules(hidden_layer: int) -> list[TensorRule]:
+  """The rules of an encoder cut at `hidden_layer` (the final norm only for -1)."""
+  return [_EMBED, *_LAYER_RULES] + ([_NORM] if hidden_layer == -1 else [])
+
+
+def _rename(name: str) -> str | None:
+  if name == "lm_head.weight":
+    return None
+  return name.removeprefix("model.")
+
+
+def abstract_params(module: Qwen3Encoder) -> Any:
+  """Parameter shapes of `module` (no memory), with their logical-axis boxes."""
+  ids = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+  return jax.eval_shape(module.init, abstract_key(), ids, ids)["params"]
+
+
+def load_qwen3(directory: pathlib.Path | str, hidden_layer: int = -1,
+               dtype: Dtype = jnp.float32) -> tuple[Qwen3Encoder, dict[str, Any]]:
+  """The encoder described by `directory/config.json` and its float32 params (host numpy arrays)."""
+  arch = arch_from_config(read_config(directory, MODEL_TYPE, ARCHITECTURES))
+  module = Qwen3Encoder(arch, hidden_layer, dtype)
+  full = tensor_rules(-1)
+  known = {n for rule in full for n in rule.names(arch.num_layers)}
+  params = load_params(abstract_params(module), tensor_rules(hidden_layer), open_safetensors(directory),
+                       num_layers=arch.layers_run(hidden_layer), known=known, where=repr(str(directory)),
+                       rename=_rename)
+  return module, params

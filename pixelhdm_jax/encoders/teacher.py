@@ -13,12 +13,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from pixelhdm_jax.encoders.dinov3 import DINOV3_VITB16, DINOv3Arch, DINOv3ViT
+from pixelhdm_jax.encoders.dinov3 import DINOV3_VITB16, DINOv3Arch, DINOv3ViT, abstract_params, load_dinov3
+from pixelhdm_jax.encoders.hf_checkpoint import resolve_checkpoint
 from pixelhdm_jax.encoders.transformer import RANDOM_SOURCES, random_params
 from pixelhdm_jax.errors import ConfigError
 from pixelhdm_jax.models.layers import compute_dtype
-from pixelhdm_jax.weights.hf import resolve_checkpoint
-from pixelhdm_jax.weights.hf_dinov3 import abstract_params, load_dinov3
 
 DINOV3_FILES = "DINOv3 ViT-B/16 (a Hugging Face directory with config.json and *.safetensors, or Meta's .pth)"
 RANDOM_DINOV3_SEED = 1

@@ -17,13 +17,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from pixelhdm_jax.encoders.qwen3 import QWEN3_0_6B, Qwen3Arch, Qwen3Encoder, TextEncoding
+from pixelhdm_jax.encoders.hf_checkpoint import EncoderCheckpointError, read_config, resolve_checkpoint
+from pixelhdm_jax.encoders.qwen3 import (ARCHITECTURES, MODEL_TYPE, QWEN3_0_6B, Qwen3Arch, Qwen3Encoder, TextEncoding,
+                                         abstract_params, arch_from_config, load_qwen3)
 from pixelhdm_jax.encoders.tokenizers import QWEN3_FILES, ByteTokenizer, Tokenizer, build_tokenizer
 from pixelhdm_jax.encoders.transformer import RANDOM_SOURCES, random_params
 from pixelhdm_jax.errors import ConfigError
 from pixelhdm_jax.models.layers import compute_dtype
-from pixelhdm_jax.weights.hf import CheckpointError, read_config, resolve_checkpoint
-from pixelhdm_jax.weights.hf_qwen3 import ARCHITECTURES, MODEL_TYPE, abstract_params, arch_from_config, load_qwen3
 
 RANDOM_QWEN3_SEED = 0
 
@@ -71,7 +71,7 @@ def build_text_encoder(config: ml_collections.ConfigDict, *, with_params: bool =
   """The encoder of `config.text`, checked against `config.model.text_dim`.
 
   `with_params=False` (random sources only) skips creating the params: an AOT compile needs shapes only.
-  Raises `CheckpointError` for an unusable checkpoint (naming the field to set) and `ConfigError` when
+  Raises `EncoderCheckpointError` for an unusable checkpoint (naming the field to set) and `ConfigError` when
   the checkpoint does not fit the config.
   """
   t = config.text
@@ -93,8 +93,8 @@ def build_text_encoder(config: ml_collections.ConfigDict, *, with_params: bool =
     raise ConfigError(f"the text encoder is {arch.hidden_size} wide but model.text_dim={config.model.text_dim}: "
                       f"set --config.model.text_dim={arch.hidden_size}")
   if tokenizer.vocab_size > arch.vocab_size:
-    raise CheckpointError(f"the tokenizer has {tokenizer.vocab_size} tokens but the encoder's embedding only "
-                          f"{arch.vocab_size}: text.path must hold a matching tokenizer")
+    raise EncoderCheckpointError(f"the tokenizer has {tokenizer.vocab_size} tokens but the encoder's embedding only "
+                                 f"{arch.vocab_size}: text.path must hold a matching tokenizer")
   if t.source in RANDOM_SOURCES:
     module = Qwen3Encoder(arch, t.hidden_layer, dtype)
     ids = np.zeros((1, 1), np.int32)

@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 
 from pixelhdm_jax.encoders.transformer import RANDOM_SOURCES
-from pixelhdm_jax.weights.hf import CheckpointError, resolve_checkpoint
+from pixelhdm_jax.encoders.hf_checkpoint import EncoderCheckpointError, resolve_checkpoint
 
 VOCABULARY_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model")
 QWEN3_FILES = "a Qwen3 checkpoint such as Qwen3-0.6B (config.json, *.safetensors and the tokenizer files)"
@@ -62,17 +62,18 @@ class HFTokenizer:
       raise ValueError(f"max_length must be positive, got {max_length}")
     directory = pathlib.Path(directory)
     if not directory.is_dir():
-      raise CheckpointError(f"tokenizer directory {str(directory)!r} does not exist or is not a directory")
+      raise EncoderCheckpointError(f"tokenizer directory {str(directory)!r} does not exist or is not a directory")
     # transformers would otherwise build an empty tokenizer from config.json alone.
     if not any((directory / name).is_file() for name in VOCABULARY_FILES):
-      raise CheckpointError(f"no usable tokenizer files in {str(directory)!r}: expected one of {VOCABULARY_FILES}")
+      raise EncoderCheckpointError(f"no usable tokenizer files in {str(directory)!r}: expected one of "
+                                   f"{VOCABULARY_FILES}")
     try:
       tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as error:
-      raise CheckpointError(f"no usable tokenizer files in {str(directory)!r}: {error}") from error
+      raise EncoderCheckpointError(f"no usable tokenizer files in {str(directory)!r}: {error}") from error
     if tokenizer.pad_token is None:
       if tokenizer.eos_token is None:
-        raise CheckpointError(f"the tokenizer in {str(directory)!r} has neither a pad nor an EOS token")
+        raise EncoderCheckpointError(f"the tokenizer in {str(directory)!r} has neither a pad nor an EOS token")
       tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     self._tokenizer = tokenizer

@@ -1,1 +1,1 @@
-"""Weight converters: the original PyTorch PixelHDM, Hugging Face encoders, exports."""
+"""PixelHDM's own weight formats: the original PyTorch checkpoints, inference checkpoints, exports."""

@@ -23,8 +23,8 @@ import safetensors
 import safetensors.numpy
 
 from pixelhdm_jax.config import validate
+from pixelhdm_jax.encoders.hf_checkpoint import CONFIG_FILE, SAFETENSORS_FILE, SafetensorsCheckpoint
 from pixelhdm_jax.models.pixelhdm import PixelHDM, abstract_params
-from pixelhdm_jax.weights.hf import CONFIG_FILE, SAFETENSORS_FILE, SafetensorsCheckpoint
 from pixelhdm_jax.weights.inference import load_for_inference, save_for_inference
 from pixelhdm_jax.weights.original import export_state_dict, import_state_dict
 from pixelhdm_jax.weights.original_config import config_from_original, original_config

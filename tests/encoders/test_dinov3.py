@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pixelhdm_jax.encoders.dinov3 import IMAGENET_MEAN, IMAGENET_STD, DINOv3ViT
-from pixelhdm_jax.weights.hf_dinov3 import load_dinov3
+from pixelhdm_jax.encoders.dinov3 import load_dinov3
 
 SHAPES = ((2, 32, 48), (1, 48, 16))  # (B, H, W): wide and tall grids
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 import transformers
 
+from pixelhdm_jax.encoders import dinov3, qwen3
 from pixelhdm_jax.encoders.dinov3 import DINOv3Arch, DINOv3ViT
 from pixelhdm_jax.encoders.qwen3 import Qwen3Arch, Qwen3Encoder
-from pixelhdm_jax.weights import hf_dinov3, hf_qwen3
 
 # Qwen3-0.6B config.json: hidden 1024, 28 layers, 16 q / 8 kv heads of 128, MLP 3072, vocab 151936, tied.
 QWEN3_EMBED = 151936 * 1024
@@ -34,7 +34,7 @@ def count(tree):
 
 
 def test_qwen3_0_6b_parameter_count():
-  abstract = hf_qwen3.abstract_params(Qwen3Encoder(Qwen3Arch()))
+  abstract = qwen3.abstract_params(Qwen3Encoder(Qwen3Arch()))
   assert count(abstract) == QWEN3_0_6B == 596_049_920
   config = transformers.Qwen3Config(vocab_size=151936, hidden_size=1024, intermediate_size=3072,
                                     num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
@@ -44,7 +44,7 @@ def test_qwen3_0_6b_parameter_count():
 
 
 def test_dinov3_vit_b16_parameter_count():
-  abstract = hf_dinov3.abstract_params(DINOv3ViT(DINOv3Arch()))
+  abstract = dinov3.abstract_params(DINOv3ViT(DINOv3Arch()))
   assert count(abstract) == VIT_B16 == 85_659_648
   config = transformers.DINOv3ViTConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                         num_attention_heads=12, num_register_tokens=4, patch_size=16)
@@ -55,6 +55,6 @@ def test_dinov3_vit_b16_parameter_count():
 
 @pytest.mark.parametrize("hidden_layer, layers", [(-1, 28), (-2, 27)])
 def test_hidden_layer_cut_builds_only_the_layers_it_needs(hidden_layer, layers):
-  abstract = hf_qwen3.abstract_params(Qwen3Encoder(Qwen3Arch(), hidden_layer))
+  abstract = qwen3.abstract_params(Qwen3Encoder(Qwen3Arch(), hidden_layer))
   assert abstract["layers"]["mlp"]["up_proj"]["kernel"].value.shape == (layers, 1024, 3072)
   assert ("norm" in abstract) == (hidden_layer == -1)

@@ -1,4 +1,4 @@
-"""Every checkpoint problem a user can hit gives a `CheckpointError` (or `ConfigError`) naming the fix."""
+"""Every checkpoint problem a user can hit gives a `EncoderCheckpointError` (or `ConfigError`) naming the fix."""
 
 import json
 import shutil
@@ -14,9 +14,9 @@ from pixelhdm_jax.config import ConfigError
 from pixelhdm_jax.encoders.tokenizers import HFTokenizer
 from pixelhdm_jax.encoders.text import build_text_encoder
 from pixelhdm_jax.encoders.teacher import build_dino_teacher
-from pixelhdm_jax.weights.hf import CheckpointError, open_safetensors, resolve_checkpoint
-from pixelhdm_jax.weights.hf_dinov3 import load_dinov3
-from pixelhdm_jax.weights.hf_qwen3 import load_qwen3
+from pixelhdm_jax.encoders.dinov3 import load_dinov3
+from pixelhdm_jax.encoders.hf_checkpoint import EncoderCheckpointError, open_safetensors, resolve_checkpoint
+from pixelhdm_jax.encoders.qwen3 import load_qwen3
 
 
 def copy_checkpoint(source, target, config=None, tensors=None):
@@ -31,90 +31,91 @@ def copy_checkpoint(source, target, config=None, tensors=None):
 
 
 def test_missing_directory(tmp_path):
-  with pytest.raises(CheckpointError, match="does not exist or is not a directory"):
+  with pytest.raises(EncoderCheckpointError, match="does not exist or is not a directory"):
     load_qwen3(tmp_path / "absent")
 
 
 def test_missing_config(tmp_path):
-  with pytest.raises(CheckpointError, match="config.json is missing"):
+  with pytest.raises(EncoderCheckpointError, match="config.json is missing"):
     load_qwen3(tmp_path)
 
 
 def test_missing_weights(hf_qwen3, tmp_path):
   shutil.copy(hf_qwen3[0] / "config.json", tmp_path)
-  with pytest.raises(CheckpointError, match="no weights in .*expected model.safetensors"):
+  with pytest.raises(EncoderCheckpointError, match="no weights in .*expected model.safetensors"):
     load_qwen3(tmp_path)
 
 
 def test_missing_shard(hf_qwen3, tmp_path):
   hf_qwen3[1].save_pretrained(tmp_path, max_shard_size="50KB")
   next(tmp_path.glob("model-00002-of-*.safetensors")).unlink()
-  with pytest.raises(CheckpointError, match="lists shard files that are missing: .*model-00002-of-"):
+  with pytest.raises(EncoderCheckpointError, match="lists shard files that are missing: .*model-00002-of-"):
     load_qwen3(tmp_path)
 
 
 def test_wrong_architecture(hf_qwen3, hf_dinov3):
-  with pytest.raises(CheckpointError, match="wrong architecture .*'dinov3_vit'.*expected model_type='qwen3'"):
+  with pytest.raises(EncoderCheckpointError, match="wrong architecture .*'dinov3_vit'.*expected model_type='qwen3'"):
     load_qwen3(hf_dinov3[0])
-  with pytest.raises(CheckpointError, match="wrong architecture .*'qwen3'.*expected model_type='dinov3_vit'"):
+  with pytest.raises(EncoderCheckpointError, match="wrong architecture .*'qwen3'.*expected model_type='dinov3_vit'"):
     load_dinov3(hf_qwen3[0])
 
 
 def test_wrong_architecture_name(hf_qwen3, tmp_path):
   copy_checkpoint(hf_qwen3[0], tmp_path / "ckpt", config={"architectures": ["Qwen3ForSequenceClassification"]})
-  with pytest.raises(CheckpointError, match="wrong architecture .*Qwen3ForSequenceClassification"):
+  with pytest.raises(EncoderCheckpointError, match="wrong architecture .*Qwen3ForSequenceClassification"):
     load_qwen3(tmp_path / "ckpt")
 
 
 def test_shape_mismatch_names_the_tensor(hf_qwen3, tmp_path):
   copy_checkpoint(hf_qwen3[0], tmp_path / "ckpt", config={"intermediate_size": 80})
-  with pytest.raises(CheckpointError, match=r"shape mismatch for tensor 'layers\.0\.mlp\.gate_proj\.weight'"
+  with pytest.raises(EncoderCheckpointError, match=r"shape mismatch for tensor 'layers\.0\.mlp\.gate_proj\.weight'"
                                             r".*has \(96, 64\).*expects \(80, 64\)"):
     load_qwen3(tmp_path / "ckpt")
 
 
 def test_missing_tensor_is_named(hf_qwen3, tmp_path):
   copy_checkpoint(hf_qwen3[0], tmp_path / "ckpt", tensors=lambda w: {k: v for k, v in w.items() if k != "norm.weight"})
-  with pytest.raises(CheckpointError, match=r"missing tensors \['norm\.weight'\], unexpected tensors \[\]"):
+  with pytest.raises(EncoderCheckpointError, match=r"missing tensors \['norm\.weight'\], unexpected tensors \[\]"):
     load_qwen3(tmp_path / "ckpt")
 
 
 def test_unexpected_tensor_is_named(hf_dinov3, tmp_path):
   copy_checkpoint(hf_dinov3[0], tmp_path / "ckpt", tensors=lambda w: {**w, "head.weight": np.zeros(3, np.float32)})
-  with pytest.raises(CheckpointError, match=r"missing tensors \[\], unexpected tensors \['head\.weight'\]"):
+  with pytest.raises(EncoderCheckpointError, match=r"missing tensors \[\], unexpected tensors \['head\.weight'\]"):
     load_dinov3(tmp_path / "ckpt")
 
 
 def test_unsupported_qwen3_setting(hf_qwen3, tmp_path):
   copy_checkpoint(hf_qwen3[0], tmp_path / "ckpt",
                   config={"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}})
-  with pytest.raises(CheckpointError, match="unsupported Qwen3 config settings: rope type='yarn'"):
+  with pytest.raises(EncoderCheckpointError, match="unsupported Qwen3 config settings: rope type='yarn'"):
     load_qwen3(tmp_path / "ckpt")
 
 
 def test_meta_pth_errors(tmp_path):
-  with pytest.raises(CheckpointError, match="checkpoint file .*absent.pth' does not exist"):
+  with pytest.raises(EncoderCheckpointError, match="checkpoint file .*absent.pth' does not exist"):
     load_dinov3(tmp_path / "absent.pth")
   torch.save({"encoder.weight": torch.zeros(2)}, tmp_path / "other.pth")
-  with pytest.raises(CheckpointError, match=r"wrong architecture .*not a DINOv3 ViT state dict \(missing \['cls"):
+  with pytest.raises(EncoderCheckpointError,
+                     match=r"wrong architecture .*not a DINOv3 ViT state dict \(missing \['cls"):
     load_dinov3(tmp_path / "other.pth")
 
 
 def test_empty_or_wrong_path_names_the_field(tmp_path):
   text = base.get_config("default").text
-  with pytest.raises(CheckpointError, match=r"text\.path is empty: set --config\.text\.path .*"
+  with pytest.raises(EncoderCheckpointError, match=r"text\.path is empty: set --config\.text\.path .*"
                                             r"--config\.text\.allow_download=True to fetch Qwen/Qwen3-0\.6B"):
     resolve_checkpoint(text, "text", "Qwen3")
   dino = ml_collections.ConfigDict(dict(base.get_config("default").dino), type_safe=False)
   dino.path = str(tmp_path / "absent")
-  with pytest.raises(CheckpointError, match=r"dino\.path='.*absent' does not exist: point --config\.dino\.path"):
+  with pytest.raises(EncoderCheckpointError, match=r"dino\.path='.*absent' does not exist: point --config\.dino\.path"):
     resolve_checkpoint(dino, "dino", "DINOv3")
-  with pytest.raises(CheckpointError, match=r"dino\.path is empty"):
+  with pytest.raises(EncoderCheckpointError, match=r"dino\.path is empty"):
     build_dino_teacher(base.get_config("default"))
 
 
 def test_tokenizer_directory_without_tokenizer(hf_qwen3):
-  with pytest.raises(CheckpointError, match="no usable tokenizer files in"):
+  with pytest.raises(EncoderCheckpointError, match="no usable tokenizer files in"):
     HFTokenizer(hf_qwen3[0], 8)
 
 

@@ -10,8 +10,8 @@ import torch
 import transformers
 
 from pixelhdm_jax.encoders.qwen3 import Qwen3Encoder
-from pixelhdm_jax.weights.hf import open_safetensors
-from pixelhdm_jax.weights.hf_qwen3 import load_qwen3
+from pixelhdm_jax.encoders.hf_checkpoint import open_safetensors
+from pixelhdm_jax.encoders.qwen3 import load_qwen3
 from tests.encoders.conftest import qwen3_config, randomize
 
 LENGTHS = (0, 3, 9, 5)  # an empty prompt, a full row (T = 9) and padded rows

@@ -12,10 +12,10 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from configs import base
 from pixelhdm_jax import parallel
+from pixelhdm_jax.encoders.qwen3 import load_qwen3
 from pixelhdm_jax.encoders.teacher import build_dino_teacher
 from pixelhdm_jax.encoders.text import build_text_encoder
 from pixelhdm_jax.encoders.tokenizers import ByteTokenizer, HFTokenizer, build_tokenizer
-from pixelhdm_jax.weights.hf_qwen3 import load_qwen3
 
 PROMPTS = ["a red cat", "", "x" * 100]
 

@@ -1,10 +1,12 @@
-"""Reading Hugging Face checkpoints from local directories into Flax parameter trees.
+"""Local Hugging Face checkpoints of the frozen encoders, read into Flax parameter trees.
 
 A checkpoint is a directory with `config.json` and either `model.safetensors` or a sharded set listed in
-`model.safetensors.index.json`. Tensors are memory-mapped and read one at a time (bfloat16 included, via
-`ml_dtypes`), transposed from the torch layout and cast to float32. Every problem a user can hit (missing
-file, wrong architecture, missing or unexpected tensors, shape mismatch) raises `CheckpointError` naming
-the file, the tensor and the fix. Nothing is downloaded unless a config allows it (`resolve_checkpoint`).
+`model.safetensors.index.json`. Each encoder module (`qwen3.py`, `dinov3.py`) names its tensors with
+`TensorRule`s and calls `load_params`; tensors are memory-mapped and read one at a time, transposed from the
+torch layout and cast to float32. Every problem a user can hit (missing file, wrong architecture, missing or
+unexpected tensors, shape mismatch) raises `EncoderCheckpointError` naming the file, the tensor and the fix.
+Nothing is downloaded unless a config allows it (`resolve_checkpoint`). `SafetensorsCheckpoint` also reads
+this project's own safetensors exports (`weights/interop.py`).
 """
 
 from __future__ import annotations
@@ -31,49 +33,56 @@ _SAFETENSORS_DTYPES = {
 _LAYOUTS: dict[str, tuple[int, ...] | None] = {"copy": None, "linear": (1, 0), "conv": (2, 3, 1, 0)}
 
 
-class CheckpointError(ValueError):
-  """A local checkpoint (weights, config or tokenizer) is missing, of the wrong model or the wrong shape."""
+class EncoderCheckpointError(ValueError):
+  """A local encoder checkpoint (weights, config or tokenizer) is missing, of the wrong model or the wrong shape."""
 
 
 def resolve_checkpoint(section: ml_collections.ConfigDict, field: str, what: str) -> pathlib.Path:
   """The local path of `config.<field>`: `path` if set, else a download of `hub_id` if `allow_download`.
 
-  Raises `CheckpointError` telling the user which field to set when neither is possible.
+  Raises `EncoderCheckpointError` telling the user which field to set when neither is possible.
   """
   if section.path:
     path = pathlib.Path(section.path).expanduser()
     if not path.exists():
-      raise CheckpointError(f"{field}.path={section.path!r} does not exist: point --config.{field}.path at a "
-                            f"local copy of {what}")
+      raise EncoderCheckpointError(f"{field}.path={section.path!r} does not exist: point --config.{field}.path at a "
+                                   f"local copy of {what}")
     return path
   if section.hub_id and section.allow_download:
     from huggingface_hub import snapshot_download  # pylint: disable=import-outside-toplevel
     return pathlib.Path(snapshot_download(section.hub_id, allow_patterns=["*.json", "*.safetensors", "*.txt"]))
   download = (f", or pass --config.{field}.allow_download=True to fetch {section.hub_id} from the Hugging Face "
               "hub" if section.hub_id else "")
-  raise CheckpointError(f"{field}.path is empty: set --config.{field}.path to a local copy of {what}{download}")
+  raise EncoderCheckpointError(f"{field}.path is empty: set --config.{field}.path to a local copy of {what}{download}")
 
 
 def read_config(directory: pathlib.Path | str, model_type: str, architectures: Sequence[str]) -> dict[str, Any]:
   """`config.json` of a checkpoint directory, checked to describe `model_type` with a known architecture."""
   directory = pathlib.Path(directory)
   if not directory.is_dir():
-    raise CheckpointError(f"checkpoint directory {str(directory)!r} does not exist or is not a directory")
+    raise EncoderCheckpointError(f"checkpoint directory {str(directory)!r} does not exist or is not a directory")
   path = directory / CONFIG_FILE
   if not path.is_file():
-    raise CheckpointError(f"{CONFIG_FILE} is missing in {str(directory)!r}: expected a Hugging Face "
-                          f"checkpoint directory ({CONFIG_FILE} plus *.safetensors)")
+    raise EncoderCheckpointError(f"{CONFIG_FILE} is missing in {str(directory)!r}: expected a Hugging Face "
+                                 f"checkpoint directory ({CONFIG_FILE} plus *.safetensors)")
   config = json.loads(path.read_text())
   found_archs = config.get("architectures") or []
   if config.get("model_type") != model_type or (found_archs and not set(found_archs) & set(architectures)):
-    raise CheckpointError(
+    raise EncoderCheckpointError(
         f"wrong architecture in {str(path)!r}: model_type={config.get('model_type')!r}, "
         f"architectures={found_archs}; expected model_type={model_type!r} with one of {list(architectures)}")
   return config
 
 
 class SafetensorsCheckpoint(Mapping[str, np.ndarray]):
-  """The tensors of one or more safetensors files, memory-mapped and read lazily by name."""
+  """The tensors of one or more safetensors files, memory-mapped and read lazily by name.
+
+  Not `safetensors.numpy`: numpy has no bfloat16, so the library's numpy path cannot return the bf16 tensors
+  that Qwen3 and DINOv3 ship ("data type 'bfloat16' not understood"), and its torch path would make torch a
+  dependency. The file format is an 8-byte header size, a JSON header of dtypes, shapes and byte offsets, then
+  the raw little-endian data, which `np.memmap` views as `ml_dtypes.bfloat16` (or any listed dtype) one tensor
+  at a time, so a multi-GB checkpoint is never read whole.
+  """
 
   def __init__(self, files: Sequence[pathlib.Path]):
     self._entries: dict[str, tuple[pathlib.Path, int, dict[str, Any]]] = {}
@@ -88,7 +97,7 @@ class SafetensorsCheckpoint(Mapping[str, np.ndarray]):
   def __getitem__(self, name: str) -> np.ndarray:
     path, data_start, info = self._entries[name]
     if info["dtype"] not in _SAFETENSORS_DTYPES:
-      raise CheckpointError(f"tensor {name!r} in {str(path)!r} has unsupported dtype {info['dtype']}")
+      raise EncoderCheckpointError(f"tensor {name!r} in {str(path)!r} has unsupported dtype {info['dtype']}")
     dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
     begin, end = info["data_offsets"]
     if begin == end:
@@ -112,14 +121,14 @@ def open_safetensors(directory: pathlib.Path | str) -> SafetensorsCheckpoint:
     files = [directory / name for name in names]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-      raise CheckpointError(f"{SAFETENSORS_INDEX} in {str(directory)!r} lists shard files that are missing: "
-                            f"{missing}")
+      raise EncoderCheckpointError(f"{SAFETENSORS_INDEX} in {str(directory)!r} lists shard files that are missing: "
+                                   f"{missing}")
     return SafetensorsCheckpoint(files)
   single = directory / SAFETENSORS_FILE
   if single.is_file():
     return SafetensorsCheckpoint([single])
-  raise CheckpointError(f"no weights in {str(directory)!r}: expected {SAFETENSORS_FILE} or {SAFETENSORS_INDEX} "
-                        "with its shards")
+  raise EncoderCheckpointError(f"no weights in {str(directory)!r}: expected {SAFETENSORS_FILE} or {SAFETENSORS_INDEX} "
+                               "with its shards")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,8 +160,8 @@ def _read(source: Mapping[str, np.ndarray], name: str, layout: str, shape: tuple
   tensor = np.asarray(source[name])
   expected = _torch_shape(shape, layout)
   if tuple(tensor.shape) != expected:
-    raise CheckpointError(f"shape mismatch for tensor {name!r} in {where}: the checkpoint has "
-                          f"{tuple(tensor.shape)}, the model built from its config expects {expected}")
+    raise EncoderCheckpointError(f"shape mismatch for tensor {name!r} in {where}: the checkpoint has "
+                                 f"{tuple(tensor.shape)}, the model built from its config expects {expected}")
   axes = _LAYOUTS[layout]
   return (tensor if axes is None else tensor.transpose(axes)).astype(np.float32)
 
@@ -176,8 +185,8 @@ def load_params(abstract: Any, rules: Sequence[TensorRule], source: Mapping[str,
   missing = [n for n in needed if n not in canonical]
   unexpected = sorted(canonical[n] for n in canonical if n not in known)
   if missing or unexpected:
-    raise CheckpointError(f"checkpoint {where} does not match the model built from its config: "
-                          f"missing tensors {missing}, unexpected tensors {unexpected}")
+    raise EncoderCheckpointError(f"checkpoint {where} does not match the model built from its config: "
+                                 f"missing tensors {missing}, unexpected tensors {unexpected}")
 
   shapes = {tuple(k.key for k in path): leaf.shape
             for path, leaf in jax.tree_util.tree_flatten_with_path(nn.unbox(abstract))[0]}
