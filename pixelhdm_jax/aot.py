@@ -190,8 +190,8 @@ def compile_train_step(config: ml_collections.ConfigDict, compile_for: CompileTa
     key = abstract_key()
     rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=trainer.shardings.step)
     started = time.perf_counter()
-    lowered = trainer.steps[repa].lower(trainer.abstract_state(), abstract_batch(trainer, batch_size, height, width),
-                                        rng)
+    lowered = trainer.steps[repa].lower(trainer.abstract_state(), trainer.frozen,
+                                        abstract_batch(trainer, batch_size, height, width), rng)
     try:
       compiled = lowered.compile(compiler_options=dict(compile_for.compiler_options) or None)
     except jax.errors.JaxRuntimeError as error:

@@ -31,6 +31,7 @@ import numpy as np
 from pixelhdm_jax import aot, flops, parallel
 from pixelhdm_jax.config import check_backend, validate
 from pixelhdm_jax.encoders.text import build_text_encoder
+from pixelhdm_jax.encoders.transformer import place_frozen
 from pixelhdm_jax.kernels.attention import resolve
 from pixelhdm_jax.models.layers import compute_dtype
 from pixelhdm_jax.models.pixelhdm import PixelHDM, abstract_params, example_inputs
@@ -77,12 +78,12 @@ def _train(config, mesh, rules, height, width, batch_size, steps, warmup) -> dic
   batch = trainer.global_batch(local)
   repa = True in trainer.steps
   started = time.perf_counter()
-  compiled = trainer.steps[repa].lower(state, batch, rng).compile()
+  compiled = trainer.steps[repa].lower(state, trainer.frozen, batch, rng).compile()
   compile_s = time.perf_counter() - started
   holder = {"state": state}
 
   def step():
-    holder["state"], metrics = compiled(holder["state"], batch, rng)
+    holder["state"], metrics = compiled(holder["state"], trainer.frozen, batch, rng)
     jax.block_until_ready((holder["state"], metrics))
 
   times = _timed(step, steps, warmup)
@@ -100,9 +101,8 @@ def _sample(config, mesh, rules, height, width, batch_size, steps, warmup) -> di
   shardings = parallel.param_shardings(abstract_params(model), mesh, rules)
   init = lambda key: nn.meta.unbox(model.init(key, *example_inputs(model))["params"])  # noqa: E731
   params = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
-  text_encoder = build_text_encoder(config)
-  text_params, _ = parallel.place_params(text_encoder.params, text_encoder.abstract_params(), mesh, rules)
-  pipeline = Pipeline(config, params, text_encoder, text_params=text_params, mesh=mesh)
+  text_encoder, host_params = build_text_encoder(config)
+  pipeline = Pipeline(config, params, text_encoder, place_frozen(text_encoder, host_params, mesh, rules), mesh=mesh)
   lowered, args = pipeline.lower(synthetic_prompts(batch_size), height=height, width=width, batch_size=batch_size)
   started = time.perf_counter()
   compiled = lowered.compile()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -60,16 +60,19 @@ def param_shardings(abstract_params: Any, mesh: Mesh, rules: Rules) -> Any:
   return nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract_params), mesh, rules)
 
 
-def place_params(params: Any, abstract_params: Any, mesh: Mesh, rules: Rules) -> tuple[Any, Any]:
+def place_params(params: Any, abstract_params: Any, mesh: Mesh, rules: Rules,
+                 cast: Callable[[Any], Any] | None = None) -> tuple[Any, Any]:
   """Params whose full value every process holds (host or one-device arrays) -> global arrays sharded by the
-  logical names of `abstract_params`, each device receiving only its slice; also returns the shardings.
-  Params that are global arrays already (e.g. initialised under the mesh) are resharded on the devices."""
+  logical names of `abstract_params`, each device receiving only its slice (`cast` applied to each slice, e.g. a
+  dtype); also returns the shardings. Params that are global arrays already (e.g. initialised under the mesh)
+  are resharded on the devices."""
+  cast = cast or (lambda x: x)
 
   def place(x, sharding):
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
-      return jax.device_put(x, sharding)
+      return jax.device_put(cast(x), sharding)
     x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: cast(x[index]))
 
   shardings = param_shardings(abstract_params, mesh, rules)
   return jax.tree.map(place, params, shardings), shardings

@@ -1,7 +1,8 @@
 """The frozen REPA teacher: DINOv3 patch features of the clean training images, built from `config.dino`.
 
-`features(params, images)` is pure and jittable: the train step calls it inside its own `jax.jit` with the
-(sharded) teacher params passed as an argument. Images (B, H, W, 3) in [-1, 1], H and W multiples of the
+`build_dino_teacher(config)` returns the teacher and its float32 host params, which the caller places once
+(`place_frozen`) and drops; `features(params, images)` is pure and jittable: the train step calls it inside
+its own `jax.jit` with the placed params as an argument. Images (B, H, W, 3) in [-1, 1], H and W multiples of the
 patch size (16), give (B, H/16 * W/16, C) tokens in raster order, the grid of the PixelHDM patch tokens.
 """
 
@@ -26,11 +27,10 @@ TINY_DINOV3 = DINOv3Arch(hidden_size=32, num_layers=2, num_heads=2, intermediate
 
 
 class DinoTeacher:
-  """Frozen DINOv3 ViT + its params (None when built for shapes only)."""
+  """Frozen DINOv3 ViT; its params are an argument of `features`."""
 
-  def __init__(self, module: DINOv3ViT, params: Any):
+  def __init__(self, module: DINOv3ViT):
     self.module = module
-    self.params = params
 
   @property
   def feature_dim(self) -> int:
@@ -45,12 +45,13 @@ class DinoTeacher:
     return abstract_params(self.module)
 
 
-def build_dino_teacher(config: ml_collections.ConfigDict, *, with_params: bool = True) -> DinoTeacher:
-  """The teacher of `config.dino`; attention runs with the kernel named by `config.model.attention`.
+def build_dino_teacher(config: ml_collections.ConfigDict, *,
+                       with_params: bool = True) -> tuple[DinoTeacher, Any | None]:
+  """The teacher of `config.dino` and its float32 host params; attention runs with `config.model.attention`.
 
   `dino.source`: pretrained (loaded from `dino.path`), random (a tiny ViT) or random_full (ViT-B/16's shapes,
   for benchmarks and AOT compiles), both from a fixed seed; `with_params=False` (random sources only) skips
-  creating the params.
+  creating the params (None).
   """
   d = config.dino
   dtype = compute_dtype(d.compute_dtype)
@@ -60,8 +61,8 @@ def build_dino_teacher(config: ml_collections.ConfigDict, *, with_params: bool =
     module = DINOv3ViT(arch, kernel, dtype)
     images = np.zeros((1, arch.patch_size, arch.patch_size, 3), np.float32)
     params = random_params(module, RANDOM_DINOV3_SEED, images) if with_params else None
-    return DinoTeacher(module, params)
+    return DinoTeacher(module), params
   if not with_params:
     raise ConfigError("a teacher without params (AOT compiles) needs dino.source=random or random_full")
-  path = resolve_checkpoint(d, "dino", DINOV3_FILES)
-  return DinoTeacher(*load_dinov3(path, kernel, dtype))
+  module, params = load_dinov3(resolve_checkpoint(d, "dino", DINOV3_FILES), kernel, dtype)
+  return DinoTeacher(module), params

@@ -1,17 +1,16 @@
 """The text-conditioning API of training and sampling: prompts -> (hidden, mask, pooled).
 
-`build_text_encoder(config)` returns a `TextEncoder` holding the tokenizer, the frozen Qwen3 module and its
-float32 params: loaded (`text.source=pretrained`) or random from a fixed seed (`random`: a tiny Qwen3;
-`random_full`: Qwen3-0.6B's shapes, for benchmarks and AOT compiles on synthetic data).
-`encode(params, ids, mask)` is pure and jittable: the train step calls it inside its own
-`jax.jit` with (sharded) encoder params passed as an argument. `encode_prompts` is the host convenience for
-sampling, and `null_encoding` (the empty prompt, the CFG unconditional input) is computed once.
+`build_text_encoder(config)` returns a `TextEncoder` (the tokenizer and the frozen Qwen3 module) and its
+float32 host params: loaded (`text.source=pretrained`) or random from a fixed seed (`random`: a tiny Qwen3;
+`random_full`: Qwen3-0.6B's shapes, for benchmarks and AOT compiles on synthetic data). The caller places the
+params once (`place_frozen`: on the devices, in the compute dtype) and drops the host copy; the encoder never
+holds them. `encode(params, ids, mask)` is pure and jittable: the train step and the sampling loop call it
+inside their own `jax.jit` with the placed params as an argument.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import ml_collections
@@ -40,37 +39,26 @@ def tiny_qwen3_arch(text_dim: int) -> Qwen3Arch:
 
 
 class TextEncoder:
-  """Tokenizer + frozen Qwen3 encoder + its params (None when built for shapes only)."""
+  """Tokenizer + frozen Qwen3 encoder; its params are an argument of `encode`."""
 
-  def __init__(self, tokenizer: Tokenizer, module: Qwen3Encoder, params: Any):
+  def __init__(self, tokenizer: Tokenizer, module: Qwen3Encoder):
     self.tokenizer = tokenizer
     self.module = module
-    self.params = params
-    self._encode_jit = jax.jit(self.encode)
 
   def encode(self, params: Any, ids: jax.Array, mask: jax.Array) -> TextEncoding:
     """Pure and jittable: ids/mask (B, T) -> hidden (B, T, D), mask (B, T) bool, pooled (B, D)."""
     return self.module.apply({"params": params}, ids, mask)
-
-  def encode_prompts(self, prompts: Sequence[str], params: Any = None) -> TextEncoding:
-    """Tokenizes on the host and encodes (jitted) with `params`, by default the encoder's own."""
-    ids, mask = self.tokenizer(prompts)
-    return self._encode_jit(self.params if params is None else params, ids, mask)
-
-  @functools.cached_property
-  def null_encoding(self) -> TextEncoding:
-    """The encoding of the empty prompt (batch of 1): all-pad ids, all-False mask, pooled = last slot."""
-    return self.encode_prompts([""])
 
   def abstract_params(self) -> Any:
     """Param shapes with their logical axes, for `parallel.place_params`."""
     return abstract_params(self.module)
 
 
-def build_text_encoder(config: ml_collections.ConfigDict, *, with_params: bool = True) -> TextEncoder:
-  """The encoder of `config.text`, checked against `config.model.text_dim`.
+def build_text_encoder(config: ml_collections.ConfigDict, *,
+                       with_params: bool = True) -> tuple[TextEncoder, Any | None]:
+  """The encoder of `config.text`, checked against `config.model.text_dim`, and its float32 host params.
 
-  `with_params=False` (random sources only) skips creating the params: an AOT compile needs shapes only.
+  `with_params=False` (random sources only) skips creating the params (None): an AOT compile needs shapes only.
   Raises `EncoderCheckpointError` for an unusable checkpoint (naming the field to set) and `ConfigError` when
   the checkpoint does not fit the config.
   """
@@ -99,6 +87,6 @@ def build_text_encoder(config: ml_collections.ConfigDict, *, with_params: bool =
     module = Qwen3Encoder(arch, t.hidden_layer, dtype)
     ids = np.zeros((1, 1), np.int32)
     params = random_params(module, RANDOM_QWEN3_SEED, ids, ids) if with_params else None
-    return TextEncoder(tokenizer, module, params)
+    return TextEncoder(tokenizer, module), params
   module, params = load_qwen3(path, t.hidden_layer, dtype)
-  return TextEncoder(tokenizer, module, params)
+  return TextEncoder(tokenizer, module), params

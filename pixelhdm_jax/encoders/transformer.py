@@ -1,5 +1,5 @@
-"""Pieces shared by the Qwen3 and DINOv3 ports: where weights come from, rotate-half RoPE, the scanned layer
-stack, random params.
+"""Pieces shared by the Qwen3 and DINOv3 ports: where weights come from, random params, frozen params on the
+devices, rotate-half RoPE, the scanned layer stack.
 
 Both Hugging Face models rotate the two halves of each head (`rotate_half`), unlike the interleaved pairs
 of the PixelHDM network's mRoPE (`models/rope.py`), so the encoders keep their own rotation.
@@ -7,11 +7,15 @@ of the PixelHDM network's mRoPE (`models/rope.py`), so the encoders keep their o
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from pixelhdm_jax import parallel
 
 # `text.source` and `dino.source`: random = a tiny encoder, random_full = random weights at the real size
 # (Qwen3-0.6B, DINOv3 ViT-B/16; benchmarks and AOT compiles), both from a fixed seed with no download;
@@ -38,6 +42,39 @@ def layer_stack(layer_cls: type[nn.Module], count: int, num_broadcast: int, name
                     in_axes=(nn.broadcast,) * num_broadcast, length=count,
                     metadata_params={nn.PARTITION_NAME: "layers"})
   return scanned(name=name, **attrs)
+
+
+class Frozen(Protocol):
+  """A frozen encoder: its Flax module (whose `dtype` is the compute dtype) and its parameter shapes."""
+  module: nn.Module
+
+  def abstract_params(self) -> Any:
+    ...
+
+
+def _in_compute_dtype(encoder: Frozen, dtype: Any) -> Any:
+  """The compute dtype for floating params, `dtype` unchanged otherwise."""
+  return encoder.module.dtype if jnp.issubdtype(dtype, jnp.floating) else dtype
+
+
+def place_frozen(encoder: Frozen, params: Any, mesh: Mesh | None = None, rules: parallel.Rules = ()) -> Any:
+  """`params` (host arrays, or arrays on one device) on the devices in the compute dtype, ready to be an argument
+  of every step: split over `mesh` by their logical axes (each device receiving only its slice), or on the
+  default device without a mesh. The caller drops its host copy afterwards. On accelerators the compute dtype
+  is bfloat16, which halves their memory; on CPU it is float32 and nothing changes."""
+  cast = lambda x: x.astype(_in_compute_dtype(encoder, x.dtype))  # noqa: E731
+  if mesh is None:
+    return jax.device_put(jax.tree.map(lambda x: cast(np.asarray(x)), params))
+  placed, _ = parallel.place_params(params, encoder.abstract_params(), mesh, rules, cast=cast)
+  return placed
+
+
+def frozen_shapes(encoder: Frozen, mesh: Mesh, rules: parallel.Rules) -> Any:
+  """The `jax.ShapeDtypeStruct`s (with shardings) that `place_frozen` would make: for ahead-of-time compiles."""
+  abstract = encoder.abstract_params()
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, _in_compute_dtype(encoder, x.dtype)),
+                        parallel.strip_boxes(abstract))
+  return parallel.abstract_arrays(shapes, parallel.param_shardings(abstract, mesh, rules))
 
 
 def random_params(module: nn.Module, seed: int, *example_inputs: Any) -> Any:

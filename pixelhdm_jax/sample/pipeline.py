@@ -34,6 +34,7 @@ from pixelhdm_jax import flow, parallel
 from pixelhdm_jax.config import validate
 from pixelhdm_jax.data.images import images_to_model_range, to_uint8
 from pixelhdm_jax.encoders.text import TextEncoder, build_text_encoder
+from pixelhdm_jax.encoders.transformer import place_frozen
 from pixelhdm_jax.models.pixelhdm import PixelHDM, abstract_params
 from pixelhdm_jax.sample import solvers
 from pixelhdm_jax.sample.guidance import Guidance, guided_velocity_fn
@@ -130,18 +131,19 @@ class Pipeline:
   """Text-to-image and image-to-image sampling of one PixelHDM network and its text encoder.
 
   `params` and `text_params` are placed already: on one device without `mesh`, or on `mesh` (replicated or
-  sharded by `config.mesh.logical_axis_rules`; `parallel.place_params`). With a mesh, batches are split over its
-  batch axes (data, fsdp) and `generate` runs under `jax.set_mesh(mesh)` and the logical rules. Compiled
-  loops are cached per (batch shape, sampler, steps, guidance settings).
+  sharded by `config.mesh.logical_axis_rules`; `parallel.place_params`, `encoders.transformer.place_frozen`).
+  With a mesh, batches are split over its batch axes (data, fsdp) and `generate` runs under
+  `jax.set_mesh(mesh)` and the logical rules. Compiled loops are cached per (batch shape, sampler, steps,
+  guidance settings).
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, params: Any, text_encoder: TextEncoder, *,
-               text_params: Any = None, mesh: jax.sharding.Mesh | None = None, step: int | None = None):
+  def __init__(self, config: ml_collections.ConfigDict, params: Any, text_encoder: TextEncoder, text_params: Any, *,
+               mesh: jax.sharding.Mesh | None = None, step: int | None = None):
     self.config = config
     self.step = step  # the checkpoint's training step, when loaded from one
     self.params = params
     self.text_encoder = text_encoder
-    self.text_params = text_encoder.params if text_params is None else text_params
+    self.text_params = text_params
     self.mesh = mesh
     self.rules = parallel.logical_rules(config.mesh)
     self.model = PixelHDM.from_config(config.model)
@@ -160,14 +162,13 @@ class Pipeline:
     config, params, step = load_for_inference(path, use_ema=use_ema, step=step)
     config.update_from_flattened_dict({k: v for k, v in (overrides or {}).items() if v is not None})
     validate(config)
-    text_encoder = build_text_encoder(config)
-    if mesh is None:  # on the device once, not copied from the host at every call
-      text_params = jax.device_put(text_encoder.params)
-    else:
-      rules = parallel.logical_rules(config.mesh)
+    text_encoder, host_params = build_text_encoder(config)
+    rules = parallel.logical_rules(config.mesh)
+    if mesh is not None:
       params, _ = parallel.place_params(params, abstract_params(PixelHDM.from_config(config.model)), mesh, rules)
-      text_params, _ = parallel.place_params(text_encoder.params, text_encoder.abstract_params(), mesh, rules)
-    return cls(config, params, text_encoder, text_params=text_params, mesh=mesh, step=step)
+    # On the devices once, in the compute dtype; the host copy is dropped here.
+    text_params = place_frozen(text_encoder, host_params, mesh, rules)
+    return cls(config, params, text_encoder, text_params, mesh=mesh, step=step)
 
   def _context(self):
     stack = contextlib.ExitStack()

@@ -99,7 +99,6 @@ def _train(config, workdir, mesh, rules) -> dict[str, float]:
   else:
     checkpoints.check_config(latest, config)
     state, rng = checkpoints.restore(latest, trainer.abstract_state())
-    state = state.replace(encoders=trainer.encoders)
     if not checkpoints.restore_data(latest, loader):
       # Batches are a pure function of the step, so the loader can restart exactly where the run stopped.
       logging.warning("rebuilding the data loader at batch %d (other worker or process count)", int(state.step))
@@ -142,12 +141,12 @@ def _run(trainer, state, rng, loader, checkpoints, writer, preemption, workdir) 
     if key not in compiled:
       pending.timed = False  # its fetch waits for this compile
       started = time.perf_counter()
-      compiled[key] = steps[repa].lower(state, batch, rng).compile()
+      compiled[key] = steps[repa].lower(state, trainer.frozen, batch, rng).compile()
       seconds = time.perf_counter() - started
       logging.info("compiled the train step for images %s (REPA %s) in %.1f s", key[0], "on" if repa else "off",
                    seconds)
       writer.scalars(step // accum, {"compile_s": seconds, "compiled_programs": len(compiled)})
-    state, metrics = compiled[key](state, batch, rng)
+    state, metrics = compiled[key](state, trainer.frozen, batch, rng)
     last = _report(config, pending, timer, writer, bar) or last
     pending.set(metrics, step, key[0], timed=True)
     step += 1

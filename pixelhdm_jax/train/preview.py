@@ -28,11 +28,11 @@ class SampleGrids:
 
   def __call__(self, state, step: int) -> pathlib.Path:
     if self.pipeline is None:
-      self.pipeline = Pipeline(self.config, state.ema, self.trainer.text_encoder, text_params=state.encoders["text"],
+      self.pipeline = Pipeline(self.config, state.ema, self.trainer.text_encoder, self.trainer.frozen["text"],
                                mesh=self.trainer.mesh)
     size = self.config.train.sample_size
     images = self.pipeline.generate(list(self.config.train.sample_prompts), height=size, width=size,
-                                    seed=self.config.seed, params=state.ema, text_params=state.encoders["text"])
+                                    seed=self.config.seed, params=state.ema)
     path = self.directory / f"step_{step:08d}.png"
     if jax.process_index() == 0:
       grid = image_grid(images, columns=len(images))

@@ -1,9 +1,10 @@
 """Everything a training run needs before its first step, shared by the loop, the benchmark and tests.
 
-`build_trainer(config, mesh, rules)` builds the frozen encoders (placed sharded), the networks, the state
-shardings and the jitted train steps (REPA on and off); call it inside `jax.set_mesh(mesh)` and
-`nn.logical_axis_rules(rules)`. With `with_encoder_params=False` nothing is allocated: the encoders are
-shapes only, for ahead-of-time compiles (`pixelhdm_jax/aot.py`) on devices that may not exist here.
+`build_trainer(config, mesh, rules)` builds the frozen encoders (their weights placed sharded, in the compute
+dtype), the networks, the state shardings and the jitted train steps (REPA on and off); call it inside
+`jax.set_mesh(mesh)` and `nn.logical_axis_rules(rules)`. With `with_encoder_params=False` nothing is allocated:
+the encoder weights are shapes only, for ahead-of-time compiles (`pixelhdm_jax/aot.py`) on devices that may not
+exist here.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from jax.sharding import Mesh
 from pixelhdm_jax import parallel
 from pixelhdm_jax.encoders.teacher import DinoTeacher, build_dino_teacher
 from pixelhdm_jax.encoders.text import TextEncoder, build_text_encoder
+from pixelhdm_jax.encoders.transformer import frozen_shapes, place_frozen
 from pixelhdm_jax.models.pixelhdm import PixelHDM
 from pixelhdm_jax.models.repa_projector import RepaProjector
 from pixelhdm_jax.optim.optimizer import make_optimizer
@@ -33,47 +35,39 @@ class Trainer(NamedTuple):
   networks: Networks
   text_encoder: TextEncoder
   teacher: DinoTeacher | None  # None when REPA is off for the whole run (loss.repa_lambda = 0)
-  # Frozen params, sharded (ShapeDtypeStructs when built without encoder params). They travel inside the donated
-  # train state: after the first step use `state.encoders`; these arrays are then deleted.
-  encoders: dict[str, Any]
+  # The frozen encoder weights {"text", "dino"}, placed once in their compute dtype (ShapeDtypeStructs when built
+  # without encoder params): the second argument of every step, never donated, never checkpointed.
+  frozen: dict[str, Any]
   shardings: TrainState
   steps: dict[bool, Any]  # REPA on/off -> jitted train step
 
   def new_state(self, rng: jax.Array) -> TrainState:
-    return create_train_state(self.networks, self.encoders, self.shardings, rng)
+    return create_train_state(self.networks, self.shardings, rng)
 
   def abstract_state(self) -> TrainState:
-    return abstract_state(self.networks, self.encoders, self.shardings)
+    return abstract_state(self.networks, self.shardings)
 
   def global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """This process's slice of a batch (host arrays) -> the train step's global sharded batch."""
     return parallel.global_batch({key: local_batch[key] for key in BATCH_KEYS}, self.mesh, self.rules)
 
 
-def _abstract_encoder(encoder, mesh: Mesh, rules: parallel.Rules) -> tuple[Any, Any]:
-  """(ShapeDtypeStructs with shardings, shardings) of a frozen encoder built without params."""
-  abstract = encoder.abstract_params()
-  shardings = parallel.param_shardings(abstract, mesh, rules)
-  shapes = parallel.abstract_arrays(parallel.strip_boxes(abstract), shardings)
-  return shapes, shardings
-
-
 def build_trainer(config: ml_collections.ConfigDict, mesh: Mesh, rules: parallel.Rules, *,
                   with_encoder_params: bool = True) -> Trainer:
-  text_encoder = build_text_encoder(config, with_params=with_encoder_params)
-  teacher = build_dino_teacher(config, with_params=with_encoder_params) if config.loss.repa_lambda > 0 else None
+  encoders = {"text": build_text_encoder(config, with_params=with_encoder_params)}
+  if config.loss.repa_lambda > 0:
+    encoders["dino"] = build_dino_teacher(config, with_params=with_encoder_params)
+  # The host params are placed (or replaced by their shapes) here and dropped: nothing keeps a host copy.
+  frozen = {name: frozen_shapes(encoder, mesh, rules) if params is None else place_frozen(encoder, params, mesh, rules)
+            for name, (encoder, params) in encoders.items()}
+  frozen_shardings = {name: parallel.param_shardings(encoder.abstract_params(), mesh, rules)
+                      for name, (encoder, _) in encoders.items()}
+  text_encoder, teacher = encoders["text"][0], encoders["dino"][0] if "dino" in encoders else None
   model = PixelHDM.from_config(config.model)
   networks = Networks(model, RepaProjector(teacher.feature_dim if teacher else 1), make_optimizer(config))
-  frozen = {"text": text_encoder} if teacher is None else {"text": text_encoder, "dino": teacher}
-  if with_encoder_params:
-    placed = {name: parallel.place_params(e.params, e.abstract_params(), mesh, rules) for name, e in frozen.items()}
-  else:
-    placed = {name: _abstract_encoder(e, mesh, rules) for name, e in frozen.items()}
-  encoders = {name: params for name, (params, _) in placed.items()}
-  encoder_shardings = {name: shardings for name, (_, shardings) in placed.items()}
-  shardings = state_shardings(networks, encoder_shardings, mesh, rules)
+  shardings = state_shardings(networks, mesh, rules)
   batch_sharding = parallel.batch_sharding(mesh, rules)
   steps = {repa: compile_train_step(config, networks, text_encoder, teacher if repa else None, shardings,
-                                    batch_sharding, replicated(mesh))
+                                    frozen_shardings, batch_sharding, replicated(mesh))
            for repa in ((True, False) if teacher is not None else (False,))}
-  return Trainer(config, mesh, rules, networks, text_encoder, teacher, encoders, shardings, steps)
+  return Trainer(config, mesh, rules, networks, text_encoder, teacher, frozen, shardings, steps)

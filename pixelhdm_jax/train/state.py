@@ -1,10 +1,10 @@
 """The train state, its shardings, and its creation directly on the mesh.
 
 `TrainState.params` holds everything the optimizer trains: the network (`model`) and the iREPA projector
-(`repa_projector`); `ema` is the exponential moving average of the network weights (what sampling uses);
-`encoders` holds the frozen text encoder and DINOv3 teacher weights, which are loaded (or re-created from
-their seeds) at start-up and never written to a checkpoint. Shardings come from the logical axis names of
-the abstract (boxed) init, so the state is created already sharded by `jax.jit(init, out_shardings=...)`.
+(`repa_projector`); `ema` is the exponential moving average of the network weights (what sampling uses). The
+frozen text encoder and DINOv3 teacher weights are not train state: they are a separate, never donated
+argument of the step (`train/setup.py`), never written to a checkpoint. Shardings come from the logical axis
+names of the abstract (boxed) init, so the state is created already sharded by `jax.jit(init, out_shardings=...)`.
 """
 
 from __future__ import annotations
@@ -34,20 +34,18 @@ class TrainState:
   ema: Any  # float32 EMA of params["model"]
   nonfinite: jax.Array  # int32: consecutive skipped steps (non-finite loss or gradients)
   nonfinite_total: jax.Array  # int32: all skipped steps
-  encoders: Any  # {"text": Qwen3 params, "dino": DINOv3 params}: frozen, not checkpointed
 
   def checkpointed(self) -> dict:
-    """The `train_state` checkpoint item: all but the network weights and their EMA (items of their own) and
-    the frozen encoders (never saved)."""
+    """The `train_state` checkpoint item: all but the network weights and their EMA (items of their own)."""
     return {"step": self.step, "repa_projector": self.params["repa_projector"], "opt_state": self.opt_state,
             "nonfinite": self.nonfinite, "nonfinite_total": self.nonfinite_total}
 
   @classmethod
   def from_checkpoint(cls, train_state: dict, model: Any, ema: Any) -> "TrainState":
-    """The inverse of `checkpointed` (encoders None: the caller adds them)."""
+    """The inverse of `checkpointed`."""
     return cls(step=train_state["step"], params={"model": model, "repa_projector": train_state["repa_projector"]},
                opt_state=train_state["opt_state"], ema=ema, nonfinite=train_state["nonfinite"],
-               nonfinite_total=train_state["nonfinite_total"], encoders=None)
+               nonfinite_total=train_state["nonfinite_total"])
 
 
 class Networks(NamedTuple):
@@ -71,34 +69,32 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def state_shardings(networks: Networks, encoder_shardings: Any, mesh: Mesh, rules: parallel.Rules) -> TrainState:
+def state_shardings(networks: Networks, mesh: Mesh, rules: parallel.Rules) -> TrainState:
   """The sharding of every leaf of the train state (a `TrainState` of `NamedSharding`s)."""
   abstract = jax.eval_shape(functools.partial(_init_trainable, networks), abstract_key())
   params, opt_state, ema = parallel.param_shardings(abstract, mesh, rules)
   scalar = replicated(mesh)
   return TrainState(step=scalar, params=params, opt_state=opt_state, ema=ema, nonfinite=scalar,
-                    nonfinite_total=scalar, encoders=encoder_shardings)
+                    nonfinite_total=scalar)
 
 
-def abstract_state(networks: Networks, encoders: Any, shardings: TrainState) -> TrainState:
+def abstract_state(networks: Networks, shardings: TrainState) -> TrainState:
   """`jax.ShapeDtypeStruct`s (with shardings) of the whole state: the target of a checkpoint restore."""
   params, opt_state, ema = parallel.strip_boxes(jax.eval_shape(functools.partial(_init_trainable, networks),
                                                       abstract_key()))
   scalar = jax.ShapeDtypeStruct((), jnp.int32)
   state = TrainState(step=scalar, params=params, opt_state=opt_state, ema=ema, nonfinite=scalar,
-                     nonfinite_total=scalar, encoders=jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                                                                   encoders))
+                     nonfinite_total=scalar)
   return parallel.abstract_arrays(state, shardings)
 
 
-def create_train_state(networks: Networks, encoders: Any, shardings: TrainState, rng: jax.Array) -> TrainState:
+def create_train_state(networks: Networks, shardings: TrainState, rng: jax.Array) -> TrainState:
   """A fresh state, created directly in its shardings (no host copy of the full weights)."""
 
   def init(rng):
     params, opt_state, ema = nn.meta.unbox(_init_trainable(networks, rng))
     zero = jnp.zeros((), jnp.int32)
     return TrainState(step=zero, params=params, opt_state=opt_state, ema=ema, nonfinite=zero,
-                      nonfinite_total=zero, encoders=None)
+                      nonfinite_total=zero)
 
-  state = jax.jit(init, out_shardings=shardings.replace(encoders=None))(rng)
-  return state.replace(encoders=encoders)
+  return jax.jit(init, out_shardings=shardings)(rng)

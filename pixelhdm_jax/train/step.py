@@ -1,9 +1,10 @@
-"""The pure train step `(state, batch, rng) -> (state, metrics)` and its compiled, sharded form.
+"""The pure train step `(state, frozen, batch, rng) -> (state, metrics)` and its compiled, sharded form.
 
 One step: frozen text encoder -> DINOv3 features of the clean image (only while REPA is on) -> logit-normal t
 and noise from `fold_in(rng, step)` -> network -> losses (float32) -> gradients -> ZClip -> AdamW -> EMA.
 A step whose loss or gradients are not finite changes nothing but the skip counters. REPA on/off is static:
-two programs, switched once at `loss.repa_early_stop`.
+two programs, switched once at `loss.repa_early_stop`. `frozen` holds the encoder weights ({"text": Qwen3,
+"dino": DINOv3}), placed once; unlike the state it is not donated, so the same arrays serve every step.
 """
 
 from __future__ import annotations
@@ -36,17 +37,18 @@ def _select(keep_new: jax.Array, new, old):
   return jax.tree.map(lambda n, o: jnp.where(keep_new, n, o), new, old)
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *, config: ml_collections.ConfigDict,
-               networks: Networks, text_encoder: TextEncoder, teacher: DinoTeacher | None) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, frozen: dict[str, Any], batch: dict[str, jax.Array], rng: jax.Array, *,
+               config: ml_collections.ConfigDict, networks: Networks, text_encoder: TextEncoder,
+               teacher: DinoTeacher | None) -> tuple[TrainState, dict]:
   """One micro-step; `teacher` None means REPA is off. Pure: every input is an argument."""
   model, projector, optimizer = networks
   x_clean = images_to_model_range(batch["images"])
   batch_size, height, width, _ = x_clean.shape
   grid = (height // model.patch_size, width // model.patch_size)
-  text = jax.lax.stop_gradient(text_encoder.encode(state.encoders["text"], batch["token_ids"], batch["token_mask"]))
+  text = jax.lax.stop_gradient(text_encoder.encode(frozen["text"], batch["token_ids"], batch["token_mask"]))
   target_features = None
   if teacher is not None:
-    target_features = jax.lax.stop_gradient(teacher.features(state.encoders["dino"], x_clean))
+    target_features = jax.lax.stop_gradient(teacher.features(frozen["dino"], x_clean))
 
   time_rng, noise_rng = jax.random.split(jax.random.fold_in(rng, state.step))
   f = config.flow
@@ -74,8 +76,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
                          opt_state=_select(finite, opt_state, after_skipped_update(state.opt_state, opt_state)),
                          ema=_select(finite, ema, state.ema),
                          nonfinite=nonfinite.astype(jnp.int32),
-                         nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32),
-                         encoders=state.encoders)
+                         nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
   metrics = {"loss": terms.total, "loss_velocity": terms.velocity, "loss_frequency": terms.frequency,
              "loss_repa": terms.repa, "loss_gamma_l2": terms.gamma_l2, "finite": finite,
              "nonfinite": new_state.nonfinite, "nonfinite_total": new_state.nonfinite_total,
@@ -84,10 +85,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
 
 
 def compile_train_step(config: ml_collections.ConfigDict, networks: Networks, text_encoder: TextEncoder,
-                       teacher: DinoTeacher | None, state_shardings: TrainState, batch_sharding: Any,
-                       rng_sharding: Any):
-  """`jax.jit` of the step with explicit shardings and the state donated; `.lower(...)` compiles a bucket."""
+                       teacher: DinoTeacher | None, state_shardings: TrainState, frozen_shardings: Any,
+                       batch_sharding: Any, rng_sharding: Any):
+  """`jax.jit` of the step with explicit shardings and the state (only) donated; `.lower(...)` compiles a
+  bucket. `teacher` None is the program without REPA, which leaves `frozen["dino"]` (if any) unread."""
   step = functools.partial(train_step, config=config, networks=networks, text_encoder=text_encoder, teacher=teacher)
   batch_shardings = {key: batch_sharding for key in BATCH_KEYS}
-  return jax.jit(step, in_shardings=(state_shardings, batch_shardings, rng_sharding),
+  return jax.jit(step, in_shardings=(state_shardings, frozen_shardings, batch_shardings, rng_sharding),
                  out_shardings=(state_shardings, rng_sharding), donate_argnums=0)

@@ -16,6 +16,7 @@ from pixelhdm_jax.encoders.qwen3 import load_qwen3
 from pixelhdm_jax.encoders.teacher import build_dino_teacher
 from pixelhdm_jax.encoders.text import build_text_encoder
 from pixelhdm_jax.encoders.tokenizers import ByteTokenizer, HFTokenizer, build_tokenizer
+from pixelhdm_jax.encoders.transformer import frozen_shapes, place_frozen
 
 PROMPTS = ["a red cat", "", "x" * 100]
 
@@ -27,11 +28,13 @@ def tiny_config():
 
 @pytest.fixture(scope="module")
 def text_encoder(tiny_config):
+  """(encoder, its host params)."""
   return build_text_encoder(tiny_config)
 
 
 @pytest.fixture(scope="module")
 def teacher(tiny_config):
+  """(teacher, its host params)."""
   return build_dino_teacher(tiny_config)
 
 
@@ -45,7 +48,8 @@ def save_word_tokenizer(directory):
 
 
 def test_tiny_text_encoder(text_encoder, tiny_config):
-  out = text_encoder.encode_prompts(PROMPTS)
+  text_encoder, params = text_encoder
+  out = text_encoder.encode(params, *text_encoder.tokenizer(PROMPTS))
   max_length = tiny_config.text.max_length
   assert out.hidden.shape == (3, max_length, tiny_config.model.text_dim) and out.pooled.shape == (3, 64)
   np.testing.assert_array_equal(np.asarray(out.mask).sum(-1), [9, 0, max_length])
@@ -54,44 +58,61 @@ def test_tiny_text_encoder(text_encoder, tiny_config):
   assert isinstance(text_encoder.tokenizer, ByteTokenizer)
 
 
-def test_null_encoding_is_the_empty_prompt_computed_once(text_encoder):
-  null = text_encoder.null_encoding
-  assert null is text_encoder.null_encoding
-  assert not np.asarray(null.mask).any()
-  jax.tree.map(np.testing.assert_array_equal, null, text_encoder.encode_prompts([""]))
-
-
 def test_encode_is_pure_and_gradient_free(text_encoder, teacher):
+  (text_encoder, text_params), (teacher, dino_params) = text_encoder, teacher
   ids, mask = text_encoder.tokenizer(PROMPTS)
 
   def text_loss(params):
     return jnp.sum(text_encoder.encode(params, ids, mask).hidden ** 2)
 
-  grads = jax.jit(jax.grad(text_loss))(text_encoder.params)
+  grads = jax.jit(jax.grad(text_loss))(text_params)
   assert all(not np.asarray(g).any() for g in jax.tree.leaves(grads))
   images = jnp.zeros((2, 32, 48, 3))
-  features = jax.jit(teacher.features)(teacher.params, images)
+  features = jax.jit(teacher.features)(dino_params, images)
   assert features.shape == (2, 2 * 3, teacher.feature_dim)
-  image_grad = jax.grad(lambda x: jnp.sum(teacher.features(teacher.params, x)))(images)
+  image_grad = jax.grad(lambda x: jnp.sum(teacher.features(dino_params, x)))(images)
   assert not np.asarray(image_grad).any()
 
 
 def test_sharded_encoders_match_unsharded(text_encoder, teacher, tiny_config):
+  (text_encoder, host_text), (teacher, host_dino) = text_encoder, teacher
   mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
   rules = parallel.logical_rules(tiny_config.mesh)
   ids, mask = text_encoder.tokenizer(PROMPTS + ["the cat"])
   images = np.random.default_rng(0).uniform(-1, 1, (4, 32, 16, 3)).astype(np.float32)
-  expected_text = text_encoder.encode(text_encoder.params, ids, mask)
-  expected_features = teacher.features(teacher.params, images)
+  expected_text = text_encoder.encode(host_text, ids, mask)
+  expected_features = teacher.features(host_dino, images)
   text_shardings = parallel.param_shardings(text_encoder.abstract_params(), mesh, rules)
   assert parallel.sharded_fraction(text_encoder.abstract_params(), text_shardings) > 0.9
-  text_params, _ = parallel.place_params(text_encoder.params, text_encoder.abstract_params(), mesh, rules)
-  dino_params, _ = parallel.place_params(teacher.params, teacher.abstract_params(), mesh, rules)
+  text_params = place_frozen(text_encoder, host_text, mesh, rules)
+  dino_params = place_frozen(teacher, host_dino, mesh, rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     text = jax.jit(text_encoder.encode)(text_params, ids, mask)
     features = jax.jit(teacher.features)(dino_params, images)
   np.testing.assert_allclose(np.asarray(text.hidden), np.asarray(expected_text.hidden), atol=1e-5)
   np.testing.assert_allclose(np.asarray(features), np.asarray(expected_features), atol=1e-5)
+
+
+def test_frozen_params_are_placed_in_the_compute_dtype(tiny_config):
+  """With text.compute_dtype=bfloat16 (what `auto` is on accelerators) the placed weights are bfloat16, split
+  over the mesh as their shapes for AOT say, and encode like the float32 weights to bf16 precision."""
+  config = base.get_config("tiny")
+  config.text.compute_dtype = "bfloat16"
+  encoder, host_params = build_text_encoder(config)
+  mesh = jax.make_mesh((1, 8, 1), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  rules = parallel.logical_rules(config.mesh)
+  placed = place_frozen(encoder, host_params, mesh, rules)
+  shapes = frozen_shapes(encoder, mesh, rules)
+  for leaf, shape in zip(jax.tree.leaves(placed), jax.tree.leaves(shapes)):
+    assert leaf.dtype == jnp.bfloat16 and (leaf.shape, leaf.sharding) == (shape.shape, shape.sharding)
+    assert shape.dtype == jnp.bfloat16
+  embedding = placed["embed_tokens"]["embedding"]
+  assert embedding.addressable_shards[0].data.shape[1] == embedding.shape[1] // 8  # split over fsdp
+  ids, mask = encoder.tokenizer(PROMPTS)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    hidden = jax.jit(encoder.encode)(placed, ids, mask).hidden
+  reference = encoder.encode(host_params, ids, mask).hidden  # float32 weights, bf16 compute
+  np.testing.assert_allclose(np.asarray(hidden, np.float32), np.asarray(reference, np.float32), atol=0.1, rtol=0.05)
 
 
 def test_hf_tokenizer_pads_right_with_eos_fallback(tmp_path):
@@ -114,8 +135,8 @@ def test_pretrained_text_encoder_from_config(hf_qwen3, tmp_path, tiny_config):
   config = base.get_config("tiny")
   config.text.source, config.text.path, config.text.max_length = "pretrained", str(directory), 6
   assert isinstance(build_tokenizer(config.text), HFTokenizer)
-  encoder = build_text_encoder(config)
-  out = encoder.encode_prompts(["a red cat on the mat", ""])
+  encoder, params = build_text_encoder(config)
+  out = encoder.encode(params, *encoder.tokenizer(["a red cat on the mat", ""]))
   module, params = load_qwen3(hf_qwen3[0])
   ids = np.array([[2, 3, 4, 5, 6, 7], [0] * 6], np.int32)
   expected = module.apply({"params": params}, ids, ids > 0)

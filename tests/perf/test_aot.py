@@ -97,9 +97,9 @@ def test_random_full_encoders_have_the_real_shapes_without_allocating():
   config = aot.random_encoders(base.get_config("default"))
   assert (config.text.source, config.dino.source) == ("random_full", "random_full")
   validate(config)
-  text = build_text_encoder(config, with_params=False)
-  dino = build_dino_teacher(config, with_params=False)
-  assert text.params is None and dino.params is None
+  text, text_params = build_text_encoder(config, with_params=False)
+  dino, dino_params = build_dino_teacher(config, with_params=False)
+  assert text_params is None and dino_params is None
   count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
   assert 590e6 < count(text.abstract_params()) < 600e6  # Qwen3-0.6B without the LM head
   assert 85e6 < count(dino.abstract_params()) < 87e6  # ViT-B/16

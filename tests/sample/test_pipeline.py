@@ -31,8 +31,8 @@ def random_params(model, seed: int = 0):
 @pytest.fixture(scope="module")
 def pipeline():
   config = base.get_config("tiny")
-  text_encoder = build_text_encoder(config)
-  return Pipeline(config, random_params(PixelHDM.from_config(config.model)), text_encoder)
+  text_encoder, text_params = build_text_encoder(config)
+  return Pipeline(config, random_params(PixelHDM.from_config(config.model)), text_encoder, text_params)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_sharded_equals_unsharded(pipeline, reference):
   rules = parallel.logical_rules(pipeline.config.mesh)
   params, _ = parallel.place_params(pipeline.params, abstract_params(pipeline.model), mesh, rules)
   text_params, _ = parallel.place_params(pipeline.text_params, pipeline.text_encoder.abstract_params(), mesh, rules)
-  sharded = Pipeline(pipeline.config, params, pipeline.text_encoder, text_params=text_params, mesh=mesh)
+  sharded = Pipeline(pipeline.config, params, pipeline.text_encoder, text_params, mesh=mesh)
   assert _max_difference(sharded.generate(PROMPTS, seed=0, **FAST), reference) == 0
 
 
@@ -116,7 +116,7 @@ def test_image_grid_rows_of_columns():
 def test_seed_and_guidance_scale_do_not_recompile():
   """The sampling loop compiles once per shape/sampler/steps; the seed and the guidance scale are inputs."""
   config = base.get_config("tiny")
-  fresh = Pipeline(config, random_params(PixelHDM.from_config(config.model)), build_text_encoder(config))
+  fresh = Pipeline(config, random_params(PixelHDM.from_config(config.model)), *build_text_encoder(config))
   for seed, scale in ((0, 4.0), (1, 5.0), (2, 2.5)):
     fresh.generate(PROMPTS, seed=seed, guidance=Guidance(scale=scale), **FAST)
   assert fresh._sample_batch._cache_size() == 1  # pylint: disable=protected-access
