@@ -120,7 +120,7 @@ def _train(preset: str) -> ml_collections.ConfigDict:
 
 
 def _data(preset: str) -> ml_collections.ConfigDict:
-  """Training data (`pixelhdm_jax/data`, docs/data.md): source, aspect-ratio buckets, sampler, Grain."""
+  """Training data (`pixelhdm_jax/data`, docs/data.md): source, aspect-ratio buckets, example order, Grain."""
   d = ml_collections.ConfigDict()
   d.source = "synthetic" if preset == "tiny" else "folder"  # folder | tfds | synthetic
   d.path = ""  # folder: the --output of launch/prepare_data.py; tfds: the TFDS data_dir ("" = TFDS default)
@@ -133,7 +133,7 @@ def _data(preset: str) -> ml_collections.ConfigDict:
   d.min_resolution = 32 if preset == "tiny" else 256
   d.max_resolution = 64 if preset == "tiny" else 512
   d.max_aspect_ratio = 2.0
-  d.sampler = "buffered_shuffle"  # random | sequential | buffered_shuffle (reshuffled every epoch)
+  d.order = "buffered_shuffle"  # random | sequential | buffered_shuffle (reshuffled every epoch)
   d.chunk_size = 4  # buffered_shuffle: buckets per shuffled chunk
   d.random_crop = False  # False = centre crop after the cover resize
   d.random_flip = False  # horizontal flip with p = 0.5
@@ -148,7 +148,7 @@ def _data(preset: str) -> ml_collections.ConfigDict:
 def _sample() -> ml_collections.ConfigDict:
   """Sampling: ODE solver, time grid and classifier-free guidance (`pixelhdm_jax/sample`; t = 0 is noise)."""
   s = ml_collections.ConfigDict()
-  s.sampler = "heun"  # euler | heun | dpmpp_2m | dpmpp_2s | ab2 (NFE of each: pixelhdm_jax/sample/solvers.py)
+  s.solver = "heun"  # euler | heun | dpmpp_2m | dpmpp_2s | ab2 (NFE of each: pixelhdm_jax/sample/solvers.py)
   s.num_steps = 50
   s.time_shift_mode = "resolution"  # resolution: s = sqrt(H W) / 256 (SD3); fixed: s = time_shift
   s.time_shift = 1.0  # s > 1 spends more steps near noise

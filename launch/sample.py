@@ -2,7 +2,7 @@ r"""Samples images from a trained PixelHDM: text-to-image, or image-to-image wit
 
   python launch/sample.py --workdir=DIR --prompt="a photo of a cat" --output=OUT
   python launch/sample.py --workdir=DIR --prompt_file=prompts.txt --num_images_per_prompt=4 --seed=1 \
-      --sampler=dpmpp_2m --num_steps=20 --guidance_scale=5 --output=OUT
+      --solver=dpmpp_2m --num_steps=20 --guidance_scale=5 --output=OUT
   python launch/sample.py --workdir=DIR --prompt="an oil painting" --init_image=photo.png --strength=0.6 \
       --output=OUT
 
@@ -30,7 +30,7 @@ _PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "A text file with one pr
 _NEGATIVE = flags.DEFINE_string("negative_prompt", None, "Replaces the empty prompt of the unconditional pass.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
 _USE_EMA = flags.DEFINE_bool("use_ema", True, "Sample with the EMA weights (false: the raw weights).")
-_SAMPLER = flags.DEFINE_string("sampler", None, "euler | heun | dpmpp_2m | dpmpp_2s | ab2.")
+_SOLVER = flags.DEFINE_string("solver", None, "ODE solver: euler | heun | dpmpp_2m | dpmpp_2s | ab2.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Solver steps.")
 _GUIDANCE = flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance scale (1 = off).")
 _SEED = flags.DEFINE_integer("seed", 0, "Noise seed; image k uses fold_in(key(seed), k).")
@@ -59,7 +59,7 @@ def main(argv):
     logging.set_verbosity("warning")  # Orbax logs every restore at INFO; --verbosity=0 shows it
   prompts = _prompts()
   configure_compilation_cache()
-  overrides = {"sample.sampler": _SAMPLER.value, "sample.num_steps": _NUM_STEPS.value,
+  overrides = {"sample.solver": _SOLVER.value, "sample.num_steps": _NUM_STEPS.value,
                "sample.guidance_scale": _GUIDANCE.value, "text.path": _TEXT_PATH.value}
   mesh = parallel.data_parallel_mesh()
   try:

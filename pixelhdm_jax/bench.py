@@ -109,12 +109,12 @@ def _sample(config, mesh, rules, height, width, batch_size, steps, warmup) -> di
   compile_s = time.perf_counter() - started
   times = _timed(lambda: jax.block_until_ready(compiled(*args)), steps, warmup)
   s = config.sample
-  evaluations = solvers.num_evaluations(s.sampler, s.num_steps)
+  evaluations = solvers.num_evaluations(s.solver, s.num_steps)
   passes = 1 if Guidance.from_config(s).is_off else 2  # guided: conditional and unconditional in one batch
   text_length = config.text.max_length
   forward = flops.forward_flops(config.model, height, width, text_length).total
   encoder = 2 * flops.text_encoder_flops(text_length, text_encoder.module.arch, config.text.hidden_layer)
-  return {"compile_s": compile_s, "times": times, "compiled": compiled, "sampler": s.sampler,
+  return {"compile_s": compile_s, "times": times, "compiled": compiled, "solver": s.solver,
           "num_steps": s.num_steps, "network_passes": evaluations * passes,
           "model_flops": batch_size * evaluations * passes * forward, "encoder_flops": batch_size * encoder}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from pixelhdm_jax.data import samplers as data_samplers
+from pixelhdm_jax.data import order as data_order
 from pixelhdm_jax.data import sources as data_sources
 from pixelhdm_jax.encoders import transformer as encoder_weights
 from pixelhdm_jax.errors import ConfigError
@@ -82,8 +82,8 @@ def _check_mesh(config: ml_collections.ConfigDict) -> None:
 
 def _check_sample(config: ml_collections.ConfigDict) -> None:
   s = config.sample
-  _require(s.sampler in solvers.SAMPLERS,
-           f"sample.sampler={s.sampler!r} is unknown: choose one of {tuple(solvers.SAMPLERS)}")
+  _require(s.solver in solvers.SOLVERS,
+           f"sample.solver={s.solver!r} is unknown: choose one of {tuple(solvers.SOLVERS)}")
   _positive_ints(s, "sample", ("num_steps",))
   _require(s.time_shift_mode in solvers.SHIFT_MODES,
            f"sample.time_shift_mode={s.time_shift_mode!r} is unknown: choose one of {tuple(solvers.SHIFT_MODES)}")
@@ -182,8 +182,8 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
   _require(d.min_resolution <= d.max_resolution,
            f"data.min_resolution={d.min_resolution} exceeds data.max_resolution={d.max_resolution}")
   _require(d.max_aspect_ratio >= 1, f"data.max_aspect_ratio={d.max_aspect_ratio} must be >= 1 (2.0 as the original)")
-  _require(d.sampler in data_samplers.SAMPLERS,
-           f"data.sampler={d.sampler!r} is unknown: choose one of {data_samplers.SAMPLERS}")
+  _require(d.order in data_order.ORDERS,
+           f"data.order={d.order!r} is unknown: choose one of {data_order.ORDERS}")
   _require(0 <= d.caption_dropout <= 1, f"data.caption_dropout={d.caption_dropout} must be in [0, 1]")
   _require(isinstance(d.num_workers, int) and d.num_workers >= 0,
            f"data.num_workers must be an integer >= 0 (0 = load in the main process), got {d.num_workers!r}")

@@ -30,7 +30,7 @@ from absl import logging
 
 from pixelhdm_jax.data import images as image_ops
 from pixelhdm_jax.data.buckets import AspectRatioBucket, buckets_from_config
-from pixelhdm_jax.data.samplers import BatchSchedule
+from pixelhdm_jax.data.order import BatchSchedule
 from pixelhdm_jax.data.sources import ImageTextSource, build_source
 
 _AUGMENT_STREAM = 1  # keeps per-sample randomness apart from the schedule's stream
@@ -104,7 +104,7 @@ def build_train_dataset(config, tokenizer, *, process_index: int = 0, process_co
   d = config.data
   buckets = buckets_from_config(config)
   source = build_source(d) if source is None else source
-  schedule = BatchSchedule(source.bucket_ids(buckets), config.train.batch_size, d.sampler, config.seed, d.chunk_size)
+  schedule = BatchSchedule(source.bucket_ids(buckets), config.train.batch_size, d.order, config.seed, d.chunk_size)
   logging.info("data: %d samples in %d buckets, %d batches of %d per epoch (%d samples dropped per epoch)",
                len(source), len(buckets), schedule.batches_per_epoch, schedule.batch_size,
                len(source) - schedule.samples_per_epoch)

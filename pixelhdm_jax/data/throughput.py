@@ -76,7 +76,7 @@ def measure(config, tokenizer, *, photos: int = 96, workers: tuple[int, ...] = (
       key = f"decode_resize_images_per_s_per_worker{'' if draft else '_full_decode'}"
       results[key] = decode_rate(source, source.bucket_ids(buckets), buckets)
     config = config.copy_and_resolve_references()
-    config.data.update(source="folder", path=str(out), sampler="random", caption_dropout=0.1)
+    config.data.update(source="folder", path=str(out), order="random", caption_dropout=0.1)
     for count in workers:
       config.data.num_workers = count
       results[f"loader_images_per_s_{count}_workers"] = loader_rate(config, tokenizer, batches)

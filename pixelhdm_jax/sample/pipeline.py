@@ -77,7 +77,7 @@ def _batch_constraint(x: jax.Array) -> jax.Array:
 
 
 def sample_batch(params: Any, text_params: Any, batch: dict[str, np.ndarray], *, model: PixelHDM,
-                 text_encoder: TextEncoder, height: int, width: int, sampler: str, num_steps: int, shift: float,
+                 text_encoder: TextEncoder, height: int, width: int, solver: str, num_steps: int, shift: float,
                  guidance: Guidance) -> jax.Array:
   """One batch of uint8 images (B, H, W, 3); pure, and jitted by `Pipeline`.
 
@@ -105,7 +105,7 @@ def sample_batch(params: Any, text_params: Any, batch: dict[str, np.ndarray], *,
       return model.apply({"params": params}, z, t, text.hidden, text.mask, text.pooled).velocity
 
     velocity_fn = guided_velocity_fn(model_fn, cond, uncond, guidance)
-    x = solvers.sample(velocity_fn, z, sampler=sampler, num_steps=num_steps, t_start=batch["t_start"], shift=shift)
+    x = solvers.sample(velocity_fn, z, solver=solver, num_steps=num_steps, t_start=batch["t_start"], shift=shift)
   # Replicated, so every process can read the (small) uint8 result.
   return nn.with_logical_constraint(to_uint8(x), (None,) * 4)
 
@@ -133,7 +133,7 @@ class Pipeline:
   `params` and `text_params` are placed already: on one device without `mesh`, or on `mesh` (replicated or
   sharded by `config.mesh.logical_axis_rules`; `parallel.place_params`, `encoders.transformer.place_frozen`).
   With a mesh, batches are split over its batch axes (data, fsdp) and `generate` runs under
-  `jax.set_mesh(mesh)` and the logical rules. Compiled loops are cached per (batch shape, sampler, steps,
+  `jax.set_mesh(mesh)` and the logical rules. Compiled loops are cached per (batch shape, solver, steps,
   guidance settings).
   """
 
@@ -149,7 +149,7 @@ class Pipeline:
     self.model = PixelHDM.from_config(config.model)
     self._sample_batch = jax.jit(
         functools.partial(sample_batch, model=self.model, text_encoder=text_encoder),
-        static_argnames=("height", "width", "sampler", "num_steps", "shift", "guidance"))
+        static_argnames=("height", "width", "solver", "num_steps", "shift", "guidance"))
 
   @classmethod
   def from_checkpoint(cls, path: str | pathlib.Path, *, use_ema: bool = True, step: int | None = None,
@@ -191,7 +191,7 @@ class Pipeline:
   def generate(self, prompts: Sequence[str], *, negative_prompt: str | Sequence[str] | None = None,
                num_images_per_prompt: int = 1, height: int | None = None, width: int | None = None,
                seed: int = 0, batch_size: int | None = None, init_image: Image.Image | np.ndarray | None = None,
-               strength: float | None = None, sampler: str | None = None, num_steps: int | None = None,
+               strength: float | None = None, solver: str | None = None, num_steps: int | None = None,
                guidance: Guidance | None = None, params: Any = None, text_params: Any = None,
                progress: bool = False) -> np.ndarray:
     """uint8 images (len(prompts) * num_images_per_prompt, H, W, 3), prompt-major.
@@ -205,13 +205,13 @@ class Pipeline:
       batch_size: images per compiled call (rounded up to the mesh's batch devices); default all at once.
       init_image: image-to-image input (PIL or uint8 (H, W, 3)), resized to (height, width).
       strength: image-to-image only, in [0, 1] (default 0.8): start at t = 1 - strength.
-      sampler, num_steps, guidance: default from `config.sample`.
+      solver, num_steps, guidance: default from `config.sample`.
       params, text_params: other weights of the same networks (e.g. the EMA during training).
       progress: show a progress bar over batches.
     """
     batches, static = self._plan(prompts, negative_prompt=negative_prompt,
                                  num_images_per_prompt=num_images_per_prompt, height=height, width=width, seed=seed,
-                                 batch_size=batch_size, init_image=init_image, strength=strength, sampler=sampler,
+                                 batch_size=batch_size, init_image=init_image, strength=strength, solver=solver,
                                  num_steps=num_steps, guidance=guidance)
     weights = (self.params if params is None else params, self.text_params if text_params is None else text_params)
     outputs = []
@@ -234,7 +234,7 @@ class Pipeline:
   def _plan(self, prompts: Sequence[str], *, negative_prompt: str | Sequence[str] | None = None,
             num_images_per_prompt: int = 1, height: int | None = None, width: int | None = None, seed: int = 0,
             batch_size: int | None = None, init_image: Image.Image | np.ndarray | None = None,
-            strength: float | None = None, sampler: str | None = None, num_steps: int | None = None,
+            strength: float | None = None, solver: str | None = None, num_steps: int | None = None,
             guidance: Guidance | None = None) -> tuple[list[tuple[dict[str, np.ndarray], int]], dict[str, Any]]:
     """Checks a request (arguments as `generate`); returns its batches, each with the number of images it
     contributes, and the static arguments of the compiled loop."""
@@ -243,9 +243,9 @@ class Pipeline:
       raise ValueError("prompts is empty: pass at least one prompt")
     negatives = _negatives(negative_prompt, len(prompts))
     s = self.config.sample
-    sampler = s.sampler if sampler is None else sampler
+    solver = s.solver if solver is None else solver
     num_steps = s.num_steps if num_steps is None else num_steps
-    solvers.get_sampler(sampler)
+    solvers.get_solver(solver)
     for name, value in (("num_steps", num_steps), ("num_images_per_prompt", num_images_per_prompt),
                         ("batch_size", 1 if batch_size is None else batch_size)):
       if not isinstance(value, (int, np.integer)) or value < 1:
@@ -281,6 +281,6 @@ class Pipeline:
       batch = {**self._tokens(prompts, negatives, indices // num_images_per_prompt), **shared,
                "indices": indices.astype(np.int32)}
       batches.append((batch, min(size, total - first)))
-    static = {"height": height, "width": width, "sampler": sampler, "num_steps": num_steps, "shift": shift,
+    static = {"height": height, "width": width, "solver": solver, "num_steps": num_steps, "shift": shift,
               "guidance": static_guidance}
     return batches, static

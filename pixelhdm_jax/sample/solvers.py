@@ -2,7 +2,7 @@
 
 A solver sees only `velocity_fn(z, t) -> v` (t a 0-d array; guidance lives inside `velocity_fn`) and a
 time grid t_0 < ... < t_N = 1 (`time_grid`). Each loop is one `lax.scan`, so `sample` is jit-able for a
-static (sampler, num_steps) and never syncs with the host. Update rules follow
+static (solver, num_steps) and never syncs with the host. Update rules follow
 `reference/field.md` §8 with alpha_t = t, sigma_t = 1 - t, lambda_t = log(t / (1 - t)). Every solver
 lands on t = 1 with the clean estimate; none evaluates the network at t = 1.
 
@@ -147,7 +147,7 @@ def ab2(velocity_fn: VelocityFn, z: jax.Array, ts: jax.Array) -> jax.Array:
   return z
 
 
-SAMPLERS: dict[str, Solver] = {
+SOLVERS: dict[str, Solver] = {
     "euler": euler,
     "heun": heun,
     "dpmpp_2m": dpmpp_2m,
@@ -156,16 +156,16 @@ SAMPLERS: dict[str, Solver] = {
 }
 
 
-def get_sampler(name: str) -> Solver:
-  """The solver registered under `name`."""
-  if name not in SAMPLERS:
-    raise ValueError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
-  return SAMPLERS[name]
+def get_solver(name: str) -> Solver:
+  """The solver registered under `name` (`sample.solver`)."""
+  if name not in SOLVERS:
+    raise ValueError(f"unknown solver {name!r}: choose one of {', '.join(SOLVERS)}")
+  return SOLVERS[name]
 
 
 def num_evaluations(name: str, num_steps: int) -> int:
   """Velocity evaluations of one sample (each is two network passes under classifier-free guidance)."""
-  get_sampler(name)
+  get_solver(name)
   if name == "heun":
     return 2 * num_steps - 1
   if name == "dpmpp_2s":
@@ -185,14 +185,14 @@ def shift_for(sample_config: ml_collections.ConfigDict, height: int, width: int)
   return SHIFT_MODES[sample_config.time_shift_mode](sample_config, height, width)
 
 
-def sample(velocity_fn: VelocityFn, z: jax.Array, *, sampler: str = "heun", num_steps: int = 50,
+def sample(velocity_fn: VelocityFn, z: jax.Array, *, solver: str = "heun", num_steps: int = 50,
            t_start: float | jax.Array = 0.0, shift: float = 1.0) -> jax.Array:
   """Integrates dz/dt = velocity_fn(z, t) from z at t_start (noise at 0) to t = 1; returns the clean image.
 
-  `sampler` and `num_steps` are static under jit. The state and time grid are at least float32 (the
+  `solver` and `num_steps` are static under jit. The state and time grid are at least float32 (the
   model may compute in bfloat16 inside `velocity_fn`).
   """
-  solver = get_sampler(sampler)
+  integrate = get_solver(solver)
   dtype = jnp.promote_types(z.dtype, jnp.float32)
   ts = time_grid(num_steps, t_start=t_start, shift=shift, dtype=dtype)
-  return solver(velocity_fn, z.astype(dtype), ts)
+  return integrate(velocity_fn, z.astype(dtype), ts)

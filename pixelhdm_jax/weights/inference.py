@@ -24,9 +24,24 @@ class CheckpointError(RuntimeError):
   """A checkpoint exists but cannot be used: the message names the path and what is wrong."""
 
 
+# Config fields renamed after checkpoints were written with the old name: old -> new (`sample.sampler` was the
+# ODE solver, `data.sampler` the example order).
+RENAMED_FIELDS = {"sample.sampler": "sample.solver", "data.sampler": "data.order"}
+
+
 def config_json(config: ml_collections.ConfigDict) -> dict:
   """The config as plain JSON values (tuples become lists)."""
   return json.loads(config.to_json())
+
+
+def config_from_json(saved: dict) -> ml_collections.ConfigDict:
+  """The config stored in a checkpoint, with fields renamed since it was written under their new names."""
+  saved = json.loads(json.dumps(saved))  # a deep copy
+  for old, new in RENAMED_FIELDS.items():
+    (section, old_field), (_, new_field) = old.split("."), new.split(".")
+    if old_field in saved.get(section, {}):
+      saved[section].setdefault(new_field, saved[section].pop(old_field))
+  return ml_collections.ConfigDict(saved)
 
 
 def checkpoint_directory(path: str | pathlib.Path) -> pathlib.Path:
@@ -53,8 +68,7 @@ def load_for_inference(path: str | pathlib.Path, *, use_ema: bool = True, step: 
     raise CheckpointError(f"{directory} holds no complete checkpoint")
   item = "ema" if use_ema and (directory / str(step) / "ema").is_dir() else "model"
   try:
-    config = ml_collections.ConfigDict(manager.restore(step, args=ocp.args.Composite(
-        config=ocp.args.JsonRestore()))["config"])
+    config = config_from_json(manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     network = parallel.strip_boxes(abstract_params(PixelHDM.from_config(config.model)))
     abstract = parallel.abstract_arrays(network, sharding)

@@ -46,7 +46,7 @@ _SAME_MEANING = {
 _MROPE = ("mrope_text_dim", "mrope_img_h_dim", "mrope_img_w_dim")  # -> model.mrope_split
 _SWITCHED = {"repa_enabled": ("repa_lambda", "loss.repa_lambda"),  # off -> our lambda 0
              "freq_loss_enabled": ("freq_loss_lambda", "loss.freq_lambda")}
-_SAMPLERS = {"euler": "euler", "heun": "heun", "dpm_pp": "dpmpp_2m"}  # original -> ours (docs/deviations.md S2)
+_SOLVERS = {"euler": "euler", "heun": "heun", "dpm_pp": "dpmpp_2m"}  # original -> ours (docs/deviations.md S2)
 # Architecture choices our network implements; any other value cannot be imported.
 _FIXED = {"in_channels": 3, "out_channels": 3, "gate_type": "headwise", "gate_activation": "sigmoid",
           "gate_bias": False, "adaln_num_params": 6}
@@ -92,8 +92,8 @@ def config_from_original(original: Mapping[str, Any], base: ml_collections.Confi
       enabled = bool(original.get(switch, True))
       _set(config, ours, float(original.get(weight, _get(config, ours))) if enabled else 0.0)
       used.update((switch, weight))
-  if original.get("default_sampler_method") in _SAMPLERS:
-    config.sample.sampler = _SAMPLERS[original["default_sampler_method"]]
+  if original.get("default_sampler_method") in _SOLVERS:
+    config.sample.solver = _SOLVERS[original["default_sampler_method"]]
     used.add("default_sampler_method")
   if "head_dim" in original:  # derived by the original's validator; ours derives it too
     used.add("head_dim")
@@ -112,9 +112,9 @@ def original_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
   original.update(zip(_MROPE, config.model.mrope_split))
   for switch, (weight, ours) in _SWITCHED.items():
     original[switch], original[weight] = _get(config, ours) > 0, _get(config, ours)
-  inverse = {ours: theirs for theirs, ours in _SAMPLERS.items()}
-  if config.sample.sampler in inverse:
-    original["default_sampler_method"] = inverse[config.sample.sampler]
+  inverse = {ours: theirs for theirs, ours in _SOLVERS.items()}
+  if config.sample.solver in inverse:
+    original["default_sampler_method"] = inverse[config.sample.solver]
   original["head_dim"] = config.model.hidden_dim // config.model.num_heads
   original.update(_FIXED)
   return original

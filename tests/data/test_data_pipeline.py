@@ -10,7 +10,7 @@ from PIL import Image
 
 from pixelhdm_jax.data import AspectRatioBucket, SyntheticSource, build_train_dataset, build_train_loader
 from pixelhdm_jax.data.buckets import buckets_from_config
-from pixelhdm_jax.data.samplers import BatchSchedule
+from pixelhdm_jax.data.order import BatchSchedule
 from pixelhdm_jax.encoders.tokenizers import ByteTokenizer
 
 
@@ -90,7 +90,7 @@ def test_batches_are_one_bucket_with_matching_captions(tiny_config):
 
 
 def test_epoch_covers_each_sample_once_then_reshuffles(tiny_config):
-  tiny_config.data.sampler = "random"
+  tiny_config.data.order = "random"
   dataset = build_train_dataset(tiny_config, ByteTokenizer(32))
   buckets = buckets_from_config(tiny_config)
   counts = np.bincount(SyntheticSource(96).bucket_ids(buckets), minlength=len(buckets))
@@ -131,9 +131,9 @@ def test_resume_through_orbax_with_worker_processes(tiny_config, tmp_path):
     it.close()
 
 
-@pytest.mark.parametrize("sampler", ["random", "buffered_shuffle"])
-def test_global_batch_is_the_same_for_1_2_and_4_processes(tiny_config, sampler):
-  tiny_config.data.update(sampler=sampler, random_crop=True, random_flip=True, caption_dropout=0.3)
+@pytest.mark.parametrize("order", ["random", "buffered_shuffle"])
+def test_global_batch_is_the_same_for_1_2_and_4_processes(tiny_config, order):
+  tiny_config.data.update(order=order, random_crop=True, random_flip=True, caption_dropout=0.3)
   source = PhotoSource()
   tokenizer = ByteTokenizer(32)
   steps = 6
@@ -153,7 +153,7 @@ def test_global_batch_is_the_same_for_1_2_and_4_processes(tiny_config, sampler):
 
 def test_unreadable_sample_is_replaced_from_the_same_batch(tiny_config):
   source = PhotoSource(broken=range(0, 64, 2))
-  tiny_config.data.sampler = "sequential"
+  tiny_config.data.order = "sequential"
   for batch in take(build_train_loader(tiny_config, ByteTokenizer(32), source=source), 3):
     assert all(index % 2 == 1 for index in batch["index"])
     assert captions_of(batch)[0].startswith("photo number") or not batch["token_mask"][0].any()
@@ -162,7 +162,7 @@ def test_unreadable_sample_is_replaced_from_the_same_batch(tiny_config):
 def test_truncated_image_is_replaced_from_the_same_batch(tiny_config):
   """A lazily opened, truncated file fails only when decoded: that must happen where it can be skipped."""
   source = PhotoSource(truncated=range(0, 64, 2))
-  tiny_config.data.sampler = "sequential"
+  tiny_config.data.order = "sequential"
   loader = build_train_loader(tiny_config, ByteTokenizer(32), source=source)
   schedule = BatchSchedule(source.bucket_ids(buckets_from_config(tiny_config)), 8, "sequential", tiny_config.seed,
                            tiny_config.data.chunk_size)

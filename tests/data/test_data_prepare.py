@@ -109,7 +109,7 @@ def test_split_by_fixed_hash_of_the_path(corpus, tmp_path):
 def test_prepared_folder_feeds_the_loader(corpus, tmp_path, tiny_config):
   out = tmp_path / "out"
   run(corpus, out)
-  tiny_config.data.update(source="folder", path=str(out), sampler="sequential", caption_dropout=0.0)
+  tiny_config.data.update(source="folder", path=str(out), order="sequential", caption_dropout=0.0)
   tiny_config.train.batch_size = 2
   rows = records(out)[1]
   for batch in [next(build_train_loader(tiny_config, ByteTokenizer(32), start_step=s)) for s in range(3)]:

@@ -104,7 +104,7 @@ def test_any_tfds_dataset_with_image_and_text(photos_dir, tiny_config):
   image, caption = source.example(0, (32, 32))
   assert caption == source.data_source[0]["text"].decode() and image.size[0] >= 32 and image.size[1] >= 32
   tiny_config.data.update(source="tfds", tfds_name="captioned_photos", path=photos_dir, image_feature="photo",
-                          caption_feature="text", sampler="random")
+                          caption_feature="text", order="random")
   tiny_config.train.batch_size = 2
   batch = next(build_train_loader(tiny_config, ByteTokenizer(32)))
   width, height = buckets[int(batch["bucket_id"][0])]
@@ -203,7 +203,7 @@ BAD_DATA = [
     ({"min_resolution": 40}, r"data.min_resolution=40 is not a multiple of model.patch_size=16: use 32"),
     ({"min_resolution": 128, "max_resolution": 64}, r"data.min_resolution=128 exceeds data.max_resolution=64"),
     ({"max_aspect_ratio": 0.5}, r"data.max_aspect_ratio=0.5 must be >= 1"),
-    ({"sampler": "shuffle"}, r"data.sampler='shuffle' is unknown"),
+    ({"order": "shuffle"}, r"data.order='shuffle' is unknown"),
     ({"caption_dropout": 1.5}, r"data.caption_dropout=1.5 must be in \[0, 1\]"),
     ({"num_workers": -1}, r"data.num_workers must be an integer >= 0"),
     ({"prefetch": 0}, r"data.prefetch must be a positive integer"),

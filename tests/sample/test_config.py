@@ -9,7 +9,7 @@ from pixelhdm_jax.sample import guidance, solvers
 
 def test_defaults():
   config = config_lib.validate(base.get_config("tiny"))
-  assert (config.sample.sampler, config.sample.num_steps, config.sample.guidance_scale) == ("heun", 50, 4.0)
+  assert (config.sample.solver, config.sample.num_steps, config.sample.guidance_scale) == ("heun", 50, 4.0)
   assert guidance.Guidance.from_config(config.sample) == guidance.Guidance(scale=4.0)
   assert solvers.shift_for(config.sample, 512, 512) == 2.0
   config.sample.update(time_shift_mode="fixed", time_shift=3.0)
@@ -17,7 +17,7 @@ def test_defaults():
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("sampler", "dpm_pp", "sample.sampler='dpm_pp' is unknown"),
+    ("solver", "dpm_pp", "sample.solver='dpm_pp' is unknown"),
     ("num_steps", 0, "sample.num_steps must be a positive integer"),
     ("time_shift_mode", "dynamic", "sample.time_shift_mode='dynamic' is unknown"),
     ("time_shift", 0.0, "sample.time_shift must be positive"),

@@ -100,7 +100,7 @@ def test_guided_sampling_is_deterministic_under_jit():
   @jax.jit
   def run(z, scale):
     velocity_fn = G.guided_velocity_fn(_model([]), COND, UNCOND, dataclasses.replace(guidance, scale=scale))
-    return solvers.sample(velocity_fn, z, sampler="dpmpp_2m", num_steps=6)
+    return solvers.sample(velocity_fn, z, solver="dpmpp_2m", num_steps=6)
 
   first = run(z, 3.0)
   np.testing.assert_array_equal(first, run(z, 3.0))

@@ -14,7 +14,7 @@ from pixelhdm_jax.sample.images import image_grid
 from pixelhdm_jax.sample.pipeline import Pipeline, tail_steps
 
 PROMPTS = ["a red circle", "a blue square"]
-FAST = dict(height=32, width=32, num_steps=2, sampler="euler", num_images_per_prompt=2)
+FAST = dict(height=32, width=32, num_steps=2, solver="euler", num_images_per_prompt=2)
 
 
 def random_params(model, seed: int = 0):
@@ -86,7 +86,7 @@ def test_guidance_scale_one_is_no_guidance_and_negative_prompts_matter(pipeline,
     (PROMPTS, dict(init_image=np.zeros((32, 32, 3), np.uint8), strength=1.5), r"strength=1.5 must be in \[0, 1\]"),
     (PROMPTS, dict(init_image=np.zeros((32, 32, 3), np.uint8), strength=-0.1), r"strength=-0.1 must be in \[0, 1\]"),
     (PROMPTS, dict(strength=0.5), "strength is for image-to-image: pass an init_image too"),
-    (PROMPTS, dict(sampler="dpm_pp"), "unknown sampler 'dpm_pp': choose one of euler, heun"),
+    (PROMPTS, dict(solver="dpm_pp"), "unknown solver 'dpm_pp': choose one of euler, heun"),
     (PROMPTS, dict(num_steps=0), "num_steps must be a positive integer, got 0"),
     (PROMPTS, dict(negative_prompt=["x"]), "got 1 negative prompts for 2 prompts"),
     ([], {}, "prompts is empty: pass at least one prompt"),
@@ -114,7 +114,7 @@ def test_image_grid_rows_of_columns():
 
 
 def test_seed_and_guidance_scale_do_not_recompile():
-  """The sampling loop compiles once per shape/sampler/steps; the seed and the guidance scale are inputs."""
+  """The sampling loop compiles once per shape/solver/steps; the seed and the guidance scale are inputs."""
   config = base.get_config("tiny")
   fresh = Pipeline(config, random_params(PixelHDM.from_config(config.model)), *build_text_encoder(config))
   for seed, scale in ((0, 4.0), (1, 5.0), (2, 2.5)):

@@ -32,13 +32,13 @@ def _gaussian_flow(xp=np, seed=0, dim=8, batch=4):
   return velocity, trajectory, eps
 
 
-def _errors(sampler, steps, shift=1.0):
+def _errors(solver, steps, shift=1.0):
   """Max-abs endpoint errors in float64 for each step count."""
   with jax.enable_x64(True):
     velocity, trajectory, eps = _gaussian_flow(jnp)
     errors = []
     for n in steps:
-      run = jax.jit(lambda z, n=n: solvers.sample(velocity, z, sampler=sampler, num_steps=n, shift=shift))
+      run = jax.jit(lambda z, n=n: solvers.sample(velocity, z, solver=solver, num_steps=n, shift=shift))
       errors.append(float(jnp.max(jnp.abs(run(jnp.asarray(eps)) - trajectory(1.0)))))
   return np.asarray(errors)
 
@@ -48,15 +48,15 @@ def _slope(steps, errors):
 
 
 @pytest.mark.parametrize("shift", [1.0, 3.0])
-@pytest.mark.parametrize("sampler", list(ORDER))
-def test_converges_at_theoretical_order(sampler, shift):
-  errors = _errors(sampler, STEPS, shift)
-  assert errors[-1] < (1e-2 if ORDER[sampler] == 1 else 1e-3)
-  if sampler == "dpmpp_2m":
+@pytest.mark.parametrize("solver", list(ORDER))
+def test_converges_at_theoretical_order(solver, shift):
+  errors = _errors(solver, STEPS, shift)
+  assert errors[-1] < (1e-2 if ORDER[solver] == 1 else 1e-3)
+  if solver == "dpmpp_2m":
     # The grid reaches lambda = -inf and +inf, where lambda-steps stay O(1) however fine the grid: 2M's
     # error is O(log N / N^2) (raw slope ~1.4 over 16..128 steps, ~1.75-1.83 over 256..2048).
     errors = errors / np.log(STEPS)
-  lo, hi = BAND[ORDER[sampler]]
+  lo, hi = BAND[ORDER[solver]]
   assert lo <= _slope(STEPS, errors) <= hi, errors
 
 
@@ -83,27 +83,27 @@ def test_original_dpmpp_update_does_not_converge():
   assert min(errors) > 1.0 and errors[-1] > 0.5 * errors[0]
 
 
-@pytest.mark.parametrize("sampler", list(ORDER))
-def test_straight_flow_is_exact_from_any_start(sampler):
+@pytest.mark.parametrize("solver", list(ORDER))
+def test_straight_flow_is_exact_from_any_start(solver):
   # A constant velocity field: every solver lands exactly on z + (1 - t_start) c.
   z = jnp.linspace(-1.0, 1.0, 12).reshape(2, 6)
   c = jnp.arange(12.0).reshape(2, 6) / 7
-  out = solvers.sample(lambda z, t: c, z, sampler=sampler, num_steps=5, t_start=0.3, shift=2.0)
+  out = solvers.sample(lambda z, t: c, z, solver=solver, num_steps=5, t_start=0.3, shift=2.0)
   np.testing.assert_allclose(out, z + 0.7 * c, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("num_steps", [1, 2, 5])
-@pytest.mark.parametrize("sampler", list(ORDER))
-def test_evaluation_count_and_times(sampler, num_steps):
+@pytest.mark.parametrize("solver", list(ORDER))
+def test_evaluation_count_and_times(solver, num_steps):
   calls = []
 
   def velocity(z, t):
     jax.debug.callback(lambda t: calls.append(float(t)), t)
     return -z
 
-  jax.block_until_ready(jax.jit(lambda z: solvers.sample(velocity, z, sampler=sampler, num_steps=num_steps))(
+  jax.block_until_ready(jax.jit(lambda z: solvers.sample(velocity, z, solver=solver, num_steps=num_steps))(
       jnp.ones((2, 3))))
-  assert len(calls) == solvers.num_evaluations(sampler, num_steps)
+  assert len(calls) == solvers.num_evaluations(solver, num_steps)
   assert min(calls) == 0.0 and max(calls) < 1.0
 
 
@@ -121,15 +121,15 @@ def test_time_grid():
     solvers.time_grid(4, t_start=1.0)
 
 
-def test_unknown_sampler_names_the_choices():
-  with pytest.raises(ValueError, match="unknown sampler 'dpm_pp'.*heun"):
-    solvers.sample(lambda z, t: z, jnp.zeros((1, 2)), sampler="dpm_pp")
+def test_unknown_solver_names_the_choices():
+  with pytest.raises(ValueError, match="unknown solver 'dpm_pp'.*heun"):
+    solvers.sample(lambda z, t: z, jnp.zeros((1, 2)), solver="dpm_pp")
 
 
 def test_deterministic_under_jit_and_float32_state():
   velocity, _, _ = _gaussian_flow()
   noise = jax.random.normal(jax.random.key(0), (4, 8), jnp.bfloat16)
-  run = jax.jit(lambda z: solvers.sample(velocity, z, sampler="heun", num_steps=7, shift=2.0))
+  run = jax.jit(lambda z: solvers.sample(velocity, z, solver="heun", num_steps=7, shift=2.0))
   first, second = run(noise), run(noise)
   assert first.dtype == jnp.float32
   np.testing.assert_array_equal(first, second)

@@ -1,6 +1,6 @@
-"""Batch schedules: which dataset indices form global batch `step`, one bucket per batch.
+"""The example order (`data.order`): which dataset indices form global batch `step`, one bucket per batch.
 
-The three samplers of the original (`reference/original_pytorch.md` §8.5), with two fixes: every epoch
+The three batch samplers of the original (`reference/original_pytorch.md` §8.5), with two fixes: every epoch
 draws a new permutation (the original replays epoch 0 forever), and the schedule is a pure function of
 the step, so a run resumes mid-epoch exactly and every process of a multi-host run computes the same
 schedule without talking to the others (each then loads its own slice of each global batch).
@@ -21,7 +21,7 @@ import dataclasses
 
 import numpy as np
 
-SAMPLERS = ("random", "sequential", "buffered_shuffle")  # `data.sampler`
+ORDERS = ("random", "sequential", "buffered_shuffle")  # `data.order`
 _SCHEDULE_STREAM = 0  # keeps the schedule's random stream apart from the per-sample augmentation stream
 _CACHED_EPOCHS = 2
 
@@ -41,14 +41,14 @@ class BatchSchedule:
   Bucket ids are ordered by pixel count (then width), so "ascending size" is ascending id.
   """
 
-  def __init__(self, bucket_ids: np.ndarray, batch_size: int, sampler: str, seed: int, chunk_size: int = 4):
-    if sampler not in SAMPLERS:
-      raise ValueError(f"unknown sampler {sampler!r}: choose one of {SAMPLERS}")
+  def __init__(self, bucket_ids: np.ndarray, batch_size: int, order: str, seed: int, chunk_size: int = 4):
+    if order not in ORDERS:
+      raise ValueError(f"unknown data order {order!r}: choose one of {ORDERS}")
     if batch_size <= 0 or chunk_size <= 0:
       raise ValueError(f"batch_size ({batch_size}) and chunk_size ({chunk_size}) must be positive")
     bucket_ids = np.asarray(bucket_ids)
     self.batch_size = batch_size
-    self.sampler = sampler
+    self.order = order
     self.seed = seed
     self.chunk_size = chunk_size
     present, first = np.unique(bucket_ids, return_index=True)
@@ -86,11 +86,11 @@ class BatchSchedule:
   def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng([self.seed, _SCHEDULE_STREAM, epoch])
     batches: list[tuple[int, np.ndarray]] = []
-    if self.sampler == "random":
+    if self.order == "random":
       for bucket, indices in self._groups.items():
         batches += self._cut(bucket, rng.permutation(indices))
       batches = [batches[i] for i in rng.permutation(len(batches))]
-    elif self.sampler == "sequential":
+    elif self.order == "sequential":
       for bucket in sorted(self._groups):
         batches += self._cut(bucket, self._groups[bucket])
     else:

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from pixelhdm_jax.data.samplers import BatchSchedule
+from pixelhdm_jax.data.order import BatchSchedule
 
 BATCH = 4
 # Bucket sizes 10, 7, 3 (less than a batch), 12, 9 (bucket 4 absent), interleaved in dataset order.
@@ -13,8 +13,8 @@ COUNTS = {0: 10, 1: 7, 2: 3, 3: 12, 5: 9}
 BUCKET_IDS = np.random.default_rng(0).permutation(np.repeat(list(COUNTS), list(COUNTS.values())))
 
 
-def schedule(sampler, seed=0, chunk_size=2):
-  return BatchSchedule(BUCKET_IDS, BATCH, sampler, seed, chunk_size)
+def schedule(order, seed=0, chunk_size=2):
+  return BatchSchedule(BUCKET_IDS, BATCH, order, seed, chunk_size)
 
 
 def runs(buckets):
@@ -22,9 +22,9 @@ def runs(buckets):
   return [b for b, _ in itertools.groupby(buckets.tolist())]
 
 
-@pytest.mark.parametrize("sampler", ["random", "sequential", "buffered_shuffle"])
-def test_each_sample_once_per_epoch_and_one_bucket_per_batch(sampler):
-  s = schedule(sampler)
+@pytest.mark.parametrize("order", ["random", "sequential", "buffered_shuffle"])
+def test_each_sample_once_per_epoch_and_one_bucket_per_batch(order):
+  s = schedule(order)
   assert s.batches_per_epoch == sum(n // BATCH for n in COUNTS.values()) == 8
   for epoch in range(3):
     indices, buckets = s.epoch(epoch)
@@ -36,12 +36,12 @@ def test_each_sample_once_per_epoch_and_one_bucket_per_batch(sampler):
     assert {b: per_bucket[b] for b in COUNTS} == {b: n // BATCH * BATCH for b, n in COUNTS.items()}
 
 
-@pytest.mark.parametrize("sampler", ["random", "buffered_shuffle"])
-def test_epochs_differ_and_seed_determines_order(sampler):
-  s = schedule(sampler)
+@pytest.mark.parametrize("order", ["random", "buffered_shuffle"])
+def test_epochs_differ_and_seed_determines_order(order):
+  s = schedule(order)
   assert not np.array_equal(s.epoch(0)[0], s.epoch(1)[0])
-  np.testing.assert_array_equal(schedule(sampler).epoch(3)[0], s.epoch(3)[0])
-  assert not np.array_equal(schedule(sampler, seed=1).epoch(0)[0], s.epoch(0)[0])
+  np.testing.assert_array_equal(schedule(order).epoch(3)[0], s.epoch(3)[0])
+  assert not np.array_equal(schedule(order, seed=1).epoch(0)[0], s.epoch(0)[0])
 
 
 def test_sequential_is_ascending_buckets_in_dataset_order():
@@ -72,14 +72,14 @@ def test_buffered_shuffle_visits_chunks_of_ascending_buckets():
   assert len(orders) > 1  # chunk order is reshuffled across epochs
 
 
-def test_random_sampler_mixes_buckets():
+def test_random_order_mixes_buckets():
   assert len(runs(schedule("random").epoch(0)[1])) > 4
 
 
-@pytest.mark.parametrize("sampler", ["random", "sequential", "buffered_shuffle"])
-def test_step_is_pure_and_crosses_epochs(sampler):
-  s = schedule(sampler)
-  fresh = schedule(sampler)
+@pytest.mark.parametrize("order", ["random", "sequential", "buffered_shuffle"])
+def test_step_is_pure_and_crosses_epochs(order):
+  s = schedule(order)
+  fresh = schedule(order)
   for step in (0, 5, 7, 8, 13, 27):
     batch = s(step)
     again = fresh(step)
@@ -93,6 +93,6 @@ def test_no_full_batch_is_an_error():
     BatchSchedule(BUCKET_IDS, 16, "random", 0)
 
 
-def test_unknown_sampler():
-  with pytest.raises(ValueError, match="unknown sampler 'shuffle'"):
+def test_unknown_order():
+  with pytest.raises(ValueError, match="unknown data order 'shuffle'"):
     BatchSchedule(BUCKET_IDS, BATCH, "shuffle", 0)
