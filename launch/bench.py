@@ -7,7 +7,7 @@ r"""Benchmarks the train step or the sampling loop on synthetic data and prints 
 
 Any config field can be overridden (`--config.model.remat_policy=dots`, `--config.mesh.shape="(1,-1,1)"`).
 Pretrained encoders are replaced by random ones of the same size unless --pretrained_encoders. Definitions
-of every number: `pixelhdm_jax/bench.py` and docs/performance.md.
+of every number: `pixelhdm_jax/perf/bench.py` and docs/performance.md.
 """
 
 import shlex
@@ -37,7 +37,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   parallel.maybe_initialize_distributed()
   configure_compilation_cache()
-  from pixelhdm_jax import bench  # after jax.distributed, which must come first
+  from pixelhdm_jax.perf import bench  # after jax.distributed, which must come first
   config = _CONFIG.value
   size = config.data.max_resolution
   batch_size = _BATCH_SIZE.value or (config.train.batch_size if _MODE.value == "train" else 8)

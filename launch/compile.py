@@ -23,9 +23,9 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from pixelhdm_jax import aot
 from pixelhdm_jax.compilation_cache import configure_compilation_cache
-from pixelhdm_jax.gpu_targets import GPUS
+from pixelhdm_jax.perf import aot
+from pixelhdm_jax.perf.gpu_targets import GPUS
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py:default", "Config file with a preset.")
 _TOPOLOGY = flags.DEFINE_string("topology", aot.LOCAL, f"A TPU slice ({', '.join(aot.TPU_SLICES)}), a libtpu "

@@ -11,7 +11,7 @@ cudnn, xla, pallas_gpu; runs that no longer fit --budget_s are listed as skipped
 
 from absl import app, flags
 
-from pixelhdm_jax import bench_suite
+from pixelhdm_jax.perf import bench_suite
 
 _OUTPUT = flags.DEFINE_string("output_dir", "/tmp/pixelhdm_gpu_bench", "Folder for the JSONs, logs and summary.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Tiny preset, 64 and 32 px, kernel xla, 2 steps: checks the script "

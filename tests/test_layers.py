@@ -16,15 +16,15 @@ PACKAGE = "pixelhdm_jax"
 # `pixelhdm_jax.`). data/ sits at the bottom and imports no JAX; config imports the registries below it.
 LAYERS = (
     ("errors", "user_cache", "data"),
-    ("target", "gpu_targets", "flow", "parallel", "compilation_cache"),
+    ("perf.target", "perf.gpu_targets", "flow", "parallel", "compilation_cache"),
     ("kernels",),
     ("models", "optim"),
     ("encoders", "losses"),
-    ("sample.solvers", "sample.guidance", "flops"),
+    ("sample.solvers", "sample.guidance", "perf.flops"),
     ("config",),
     ("weights", "sample"),
     ("train",),
-    ("aot", "bench", "bench_suite", "colab"),
+    ("perf", "colab"),
 )
 JAX_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax")
 

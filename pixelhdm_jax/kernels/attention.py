@@ -25,7 +25,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from pixelhdm_jax import target
+from pixelhdm_jax.perf import target
 from pixelhdm_jax.kernels.sharded import run_sharded
 
 AttentionFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array | None], jax.Array]

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental.pallas.ops.gpu import attention as gpu_attention
 
-from pixelhdm_jax import target
+from pixelhdm_jax.perf import target
 from pixelhdm_jax.kernels.padding import pad_sequence, round_up, segment_ids
 
 MAX_BLOCK = 128  # forward tile along both sequences (the kernel's default)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash_kernel
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
 
-from pixelhdm_jax import target
+from pixelhdm_jax.perf import target
 from pixelhdm_jax.kernels.padding import pad_sequence, round_up, segment_ids
 
 LANES = 128  # TPU tiles are multiples of 128 along the sequence

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pixelhdm_jax import target
+from pixelhdm_jax.perf import target
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]

@@ -20,13 +20,14 @@ import ml_collections
 from absl import logging
 from tqdm import tqdm
 
-from pixelhdm_jax import flops, parallel
+from pixelhdm_jax import parallel
 from pixelhdm_jax.config import validate
 from pixelhdm_jax.data.pipeline import build_train_loader
 from pixelhdm_jax.losses import repa_active
-from pixelhdm_jax.train.preview import SampleGrids
+from pixelhdm_jax.perf import flops
 from pixelhdm_jax.train.checkpoint import RunCheckpoints
 from pixelhdm_jax.train.metrics import MetricWriter
+from pixelhdm_jax.train.sample_grids import SampleGrids
 from pixelhdm_jax.train.setup import build_trainer
 
 
@@ -117,7 +118,7 @@ def _train(config, workdir, mesh, rules) -> dict[str, float]:
 
 def _run(trainer, state, rng, loader, checkpoints, writer, preemption, workdir) -> dict[str, float]:
   """The step loop; returns the last logged metrics."""
-  config, steps = trainer.config, trainer.steps
+  config = trainer.config
   train = config.train
   accum = config.optim.grad_accum_steps
   total = train.num_steps * accum  # micro-steps
@@ -136,12 +137,12 @@ def _run(trainer, state, rng, loader, checkpoints, writer, preemption, workdir) 
       break
     local = next(loader)
     batch = trainer.global_batch(local)
-    repa = True in steps and repa_active(config.loss, step // accum)
+    repa = trainer.has_teacher and repa_active(config.loss, step // accum)
     key = (batch["images"].shape, repa)
     if key not in compiled:
       pending.timed = False  # its fetch waits for this compile
       started = time.perf_counter()
-      compiled[key] = steps[repa].lower(state, trainer.frozen, batch, rng).compile()
+      compiled[key] = trainer.step_fn(repa).lower(state, trainer.frozen, batch, rng).compile()
       seconds = time.perf_counter() - started
       logging.info("compiled the train step for images %s (REPA %s) in %.1f s", key[0], "on" if repa else "off",
                    seconds)

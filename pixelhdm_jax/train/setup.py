@@ -3,7 +3,7 @@
 `build_trainer(config, mesh, rules)` builds the frozen encoders (their weights placed sharded, in the compute
 dtype), the networks, the state shardings and the jitted train steps (REPA on and off); call it inside
 `jax.set_mesh(mesh)` and `nn.logical_axis_rules(rules)`. With `with_encoder_params=False` nothing is allocated:
-the encoder weights are shapes only, for ahead-of-time compiles (`pixelhdm_jax/aot.py`) on devices that may not
+the encoder weights are shapes only, for ahead-of-time compiles (`pixelhdm_jax/perf/aot.py`) on devices that may not
 exist here.
 """
 
@@ -25,7 +25,7 @@ from pixelhdm_jax.models.repa_projector import RepaProjector
 from pixelhdm_jax.optim.optimizer import make_optimizer
 from pixelhdm_jax.train.state import (Networks, TrainState, abstract_state, create_train_state, replicated,
                                       state_shardings)
-from pixelhdm_jax.train.step import BATCH_KEYS, compile_train_step
+from pixelhdm_jax.train.step import BATCH_KEYS, jit_train_step
 
 
 class Trainer(NamedTuple):
@@ -39,7 +39,19 @@ class Trainer(NamedTuple):
   # without encoder params): the second argument of every step, never donated, never checkpointed.
   frozen: dict[str, Any]
   shardings: TrainState
-  steps: dict[bool, Any]  # REPA on/off -> jitted train step
+  repa_step: Any  # the jitted step with REPA (None without a teacher)
+  plain_step: Any  # the jitted step without REPA (after loss.repa_early_stop, or no teacher at all)
+
+  @property
+  def has_teacher(self) -> bool:
+    """Whether the run has a DINOv3 teacher, so that `step_fn(repa=True)` exists (loss.repa_lambda > 0)."""
+    return self.teacher is not None
+
+  def step_fn(self, repa: bool) -> Any:
+    """The jitted train step with REPA on or off (two programs: DINOv3 runs only in the first)."""
+    if repa and not self.has_teacher:
+      raise ValueError("REPA needs the DINOv3 teacher, which a run with loss.repa_lambda=0 does not build")
+    return self.repa_step if repa else self.plain_step
 
   def new_state(self, rng: jax.Array) -> TrainState:
     return create_train_state(self.networks, self.shardings, rng)
@@ -67,7 +79,8 @@ def build_trainer(config: ml_collections.ConfigDict, mesh: Mesh, rules: parallel
   networks = Networks(model, RepaProjector(teacher.feature_dim if teacher else 1), make_optimizer(config))
   shardings = state_shardings(networks, mesh, rules)
   batch_sharding = parallel.batch_sharding(mesh, rules)
-  steps = {repa: compile_train_step(config, networks, text_encoder, teacher if repa else None, shardings,
-                                    frozen_shardings, batch_sharding, replicated(mesh))
-           for repa in ((True, False) if teacher is not None else (False,))}
-  return Trainer(config, mesh, rules, networks, text_encoder, teacher, frozen, shardings, steps)
+  def jitted(step_teacher: DinoTeacher | None):
+    return jit_train_step(config, networks, text_encoder, step_teacher, shardings, frozen_shardings, batch_sharding,
+                          replicated(mesh))
+  return Trainer(config, mesh, rules, networks, text_encoder, teacher, frozen, shardings,
+                 repa_step=jitted(teacher) if teacher is not None else None, plain_step=jitted(None))

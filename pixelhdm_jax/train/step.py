@@ -84,9 +84,9 @@ def train_step(state: TrainState, frozen: dict[str, Any], batch: dict[str, jax.A
   return new_state, metrics
 
 
-def compile_train_step(config: ml_collections.ConfigDict, networks: Networks, text_encoder: TextEncoder,
-                       teacher: DinoTeacher | None, state_shardings: TrainState, frozen_shardings: Any,
-                       batch_sharding: Any, rng_sharding: Any):
+def jit_train_step(config: ml_collections.ConfigDict, networks: Networks, text_encoder: TextEncoder,
+                   teacher: DinoTeacher | None, state_shardings: TrainState, frozen_shardings: Any,
+                   batch_sharding: Any, rng_sharding: Any):
   """`jax.jit` of the step with explicit shardings and the state (only) donated; `.lower(...)` compiles a
   bucket. `teacher` None is the program without REPA, which leaves `frozen["dino"]` (if any) unread."""
   step = functools.partial(train_step, config=config, networks=networks, text_encoder=text_encoder, teacher=teacher)

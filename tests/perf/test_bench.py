@@ -6,7 +6,7 @@ import pytest
 from absl import flags
 
 from configs import base
-from pixelhdm_jax import bench, flops
+from pixelhdm_jax.perf import bench, flops
 from pixelhdm_jax.sample import solvers
 
 SIZE, BATCH = 32, 8

@@ -5,7 +5,7 @@ import pathlib
 import subprocess
 import sys
 
-from pixelhdm_jax import bench, bench_suite
+from pixelhdm_jax.perf import bench, bench_suite
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 

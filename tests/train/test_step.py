@@ -34,7 +34,7 @@ def _run_steps(mesh_shape, devices, num_steps=2):
   with _fresh_run(mesh_shape, devices) as (trainer, loader, state, rng):
     initial = jax.device_get(state.params)
     for _ in range(num_steps):
-      state, metrics = trainer.steps[True](state, trainer.frozen, trainer.global_batch(next(loader)), rng)
+      state, metrics = trainer.step_fn(repa=True)(state, trainer.frozen, trainer.global_batch(next(loader)), rng)
     return initial, jax.device_get((state.params, state.ema)), jax.device_get(metrics)
 
 
@@ -67,7 +67,7 @@ def test_frozen_weights_are_an_argument_not_state():
     assert not any("encoder" in field.name for field in dataclasses.fields(state))
     frozen_before = jax.device_get(trainer.frozen)
     for _ in range(2):
-      state, _ = trainer.steps[True](state, trainer.frozen, trainer.global_batch(next(loader)), rng)
+      state, _ = trainer.step_fn(repa=True)(state, trainer.frozen, trainer.global_batch(next(loader)), rng)
     assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(trainer.frozen))
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(trainer.frozen), frozen_before)
     saved_shapes = {leaf.shape for leaf in jax.tree.leaves((state.checkpointed(), state.params, state.ema))}
@@ -82,7 +82,7 @@ def test_nonfinite_step_changes_nothing():
     state = state.replace(params={**state.params, "model": poisoned})
     before = jax.device_get((state.params, state.opt_state, state.ema))
     for expected in (1, 2):
-      state, metrics = trainer.steps[True](state, trainer.frozen, trainer.global_batch(next(loader)), rng)
+      state, metrics = trainer.step_fn(repa=True)(state, trainer.frozen, trainer.global_batch(next(loader)), rng)
       assert not metrics["finite"] and int(metrics["nonfinite"]) == expected
     after = jax.device_get((state.params, state.opt_state, state.ema))
     assert int(state.step) == 2 and int(state.nonfinite_total) == 2
@@ -95,9 +95,9 @@ def test_ema_follows_optimizer_steps_only():
   with _fresh_run((1, 1, 1), jax.devices()[:1], grad_accum_steps=2) as (trainer, loader, state, rng):
     decay = trainer.config.optim.ema_decay
     ema0 = jax.device_get(state.ema)
-    state, _ = trainer.steps[True](state, trainer.frozen, trainer.global_batch(next(loader)), rng)
+    state, _ = trainer.step_fn(repa=True)(state, trainer.frozen, trainer.global_batch(next(loader)), rng)
     params1, ema1 = jax.device_get((state.params["model"], state.ema))
-    state, _ = trainer.steps[True](state, trainer.frozen, trainer.global_batch(next(loader)), rng)
+    state, _ = trainer.step_fn(repa=True)(state, trainer.frozen, trainer.global_batch(next(loader)), rng)
     params2, ema2 = jax.device_get((state.params["model"], state.ema))
   for p0, p1 in zip(jax.tree.leaves(params1), jax.tree.leaves(ema0)):
     np.testing.assert_array_equal(p0, p1)  # a micro-step changes neither the params nor the EMA

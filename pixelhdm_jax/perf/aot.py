@@ -22,9 +22,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from pixelhdm_jax import gpu_targets, parallel, target
+from pixelhdm_jax import parallel
 from pixelhdm_jax.config import check_backend, validate
 from pixelhdm_jax.models.layers import abstract_key
+from pixelhdm_jax.perf import gpu_targets, target
 from pixelhdm_jax.train.setup import Trainer, build_trainer
 
 
@@ -186,11 +187,11 @@ def compile_train_step(config: ml_collections.ConfigDict, compile_for: CompileTa
   check_batch(batch_size, mesh, rules)
   with target.compiling_for(platform), jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     trainer = build_trainer(config, mesh, rules, with_encoder_params=False)
-    repa = True in trainer.steps
+    repa = trainer.has_teacher
     key = abstract_key()
     rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=trainer.shardings.step)
     started = time.perf_counter()
-    lowered = trainer.steps[repa].lower(trainer.abstract_state(), trainer.frozen,
+    lowered = trainer.step_fn(repa).lower(trainer.abstract_state(), trainer.frozen,
                                         abstract_batch(trainer, batch_size, height, width), rng)
     try:
       compiled = lowered.compile(compiler_options=dict(compile_for.compiler_options) or None)

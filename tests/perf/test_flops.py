@@ -3,7 +3,7 @@
 import pytest
 
 from configs.base import get_config
-from pixelhdm_jax import flops
+from pixelhdm_jax.perf import flops
 
 # GMAC per forward per image of the `default` preset, §12.2 table.
 TABLE_GMAC = {(256, 511): 184.7, (512, 511): 449.0, (1024, 511): 1989.2,

@@ -15,9 +15,9 @@ import sys
 import time
 from typing import Any, NamedTuple, Sequence
 
-from pixelhdm_jax import bench
+from pixelhdm_jax.perf import bench
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 GPU_KERNELS = ("cudnn", "xla", "pallas_gpu")
 MIN_RUN_S = 60  # a run is not started with less budget left than this
 

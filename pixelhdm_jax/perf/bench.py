@@ -28,13 +28,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from pixelhdm_jax import aot, flops, parallel
+from pixelhdm_jax import parallel
 from pixelhdm_jax.config import check_backend, validate
 from pixelhdm_jax.encoders.text import build_text_encoder
 from pixelhdm_jax.encoders.transformer import place_frozen
 from pixelhdm_jax.kernels.attention import resolve
 from pixelhdm_jax.models.layers import compute_dtype
 from pixelhdm_jax.models.pixelhdm import PixelHDM, abstract_params, example_inputs
+from pixelhdm_jax.perf import aot, flops
 from pixelhdm_jax.sample import solvers
 from pixelhdm_jax.sample.guidance import Guidance
 from pixelhdm_jax.sample.pipeline import Pipeline, check_size
@@ -76,9 +77,9 @@ def _train(config, mesh, rules, height, width, batch_size, steps, warmup) -> dic
   local = synthetic_batch(trainer.text_encoder.tokenizer, batch_size // jax.process_count(), height, width,
                           seed=jax.process_index())
   batch = trainer.global_batch(local)
-  repa = True in trainer.steps
+  repa = trainer.has_teacher
   started = time.perf_counter()
-  compiled = trainer.steps[repa].lower(state, trainer.frozen, batch, rng).compile()
+  compiled = trainer.step_fn(repa).lower(state, trainer.frozen, batch, rng).compile()
   compile_s = time.perf_counter() - started
   holder = {"state": state}
 
