@@ -92,6 +92,7 @@ SEED = 0"""),
 from pixelhdm_jax import colab, parallel
 from pixelhdm_jax.sample.images import image_grid
 from pixelhdm_jax.sample.pipeline import Pipeline
+from pixelhdm_jax.sample.request import SampleRequest
 from pixelhdm_jax.weights import interop
 
 print(colab.init_runtime())"""),
@@ -100,8 +101,9 @@ print(colab.init_runtime())"""),
 pipeline = Pipeline.from_checkpoint(CHECKPOINT, mesh=parallel.data_parallel_mesh(),
                                     overrides={"sample.num_steps": SAMPLE_STEPS,
                                                "sample.guidance_scale": GUIDANCE_SCALE})
-images = pipeline.generate(PROMPTS, num_images_per_prompt=NUM_IMAGES_PER_PROMPT, height=IMAGE_SIZE,
-                           width=IMAGE_SIZE, seed=SEED, progress=True)
+request = SampleRequest(PROMPTS, num_images_per_prompt=NUM_IMAGES_PER_PROMPT, height=IMAGE_SIZE, width=IMAGE_SIZE,
+                        seed=SEED)
+images = pipeline.generate(request, progress=True)
 print(f"step {pipeline.step}: {images.shape}")
 colab.show_images([image_grid(images, columns=NUM_IMAGES_PER_PROMPT)])"""),
     ("markdown", """\

@@ -21,6 +21,7 @@ from pixelhdm_jax import parallel
 from pixelhdm_jax.compilation_cache import configure_compilation_cache
 from pixelhdm_jax.sample.images import save_images
 from pixelhdm_jax.sample.pipeline import Pipeline
+from pixelhdm_jax.sample.request import SampleRequest
 from pixelhdm_jax.weights.inference import CheckpointError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir or exported checkpoint directory.", required=True)
@@ -66,10 +67,10 @@ def main(argv):
     pipeline = Pipeline.from_checkpoint(_WORKDIR.value, use_ema=_USE_EMA.value, step=_STEP.value, mesh=mesh,
                                         overrides=overrides)
     init_image = Image.open(_INIT_IMAGE.value) if _INIT_IMAGE.value else None
-    images = pipeline.generate(prompts, negative_prompt=_NEGATIVE.value, num_images_per_prompt=_PER_PROMPT.value,
-                               height=_HEIGHT.value, width=_WIDTH.value, seed=_SEED.value,
-                               batch_size=_BATCH_SIZE.value, init_image=init_image, strength=_STRENGTH.value,
-                               progress=True)
+    request = SampleRequest(prompts, negative_prompt=_NEGATIVE.value, num_images_per_prompt=_PER_PROMPT.value,
+                            height=_HEIGHT.value, width=_WIDTH.value, seed=_SEED.value, batch_size=_BATCH_SIZE.value,
+                            init_image=init_image, strength=_STRENGTH.value)
+    images = pipeline.generate(request, progress=True)
   except (ValueError, OSError, CheckpointError) as error:
     raise app.UsageError(str(error)) from error
   paths = save_images(images, _OUTPUT.value, _PER_PROMPT.value)

@@ -38,7 +38,8 @@ from pixelhdm_jax.models.pixelhdm import PixelHDM, abstract_params, example_inpu
 from pixelhdm_jax.perf import aot, flops
 from pixelhdm_jax.sample import solvers
 from pixelhdm_jax.sample.guidance import Guidance
-from pixelhdm_jax.sample.pipeline import Pipeline, check_size
+from pixelhdm_jax.sample.pipeline import Pipeline
+from pixelhdm_jax.sample.request import SampleRequest, check_size
 from pixelhdm_jax.train.setup import build_trainer
 
 MODES = ("train", "sample")
@@ -104,7 +105,8 @@ def _sample(config, mesh, rules, height, width, batch_size, steps, warmup) -> di
   params = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
   text_encoder, host_params = build_text_encoder(config)
   pipeline = Pipeline(config, params, text_encoder, place_frozen(text_encoder, host_params, mesh, rules), mesh=mesh)
-  lowered, args = pipeline.lower(synthetic_prompts(batch_size), height=height, width=width, batch_size=batch_size)
+  lowered, args = pipeline.lower(SampleRequest(synthetic_prompts(batch_size), height=height, width=width,
+                                               batch_size=batch_size))
   started = time.perf_counter()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - started

@@ -1,7 +1,9 @@
 """Classifier-free guidance on the velocity: standard, rescaled, interval and scheduled scales.
 
 The conditional and unconditional passes run as ONE network call on a stacked batch (cond first);
-`guided_velocity_fn` turns a network into the `velocity_fn(z, t)` the solvers integrate. A negative prompt
+`guided_velocity_fn` turns a network into the `velocity_fn(z, t)` the solvers integrate. A request's `Guidance`
+splits into its static `GuidanceSpec` (compiled into the loop) and its scale (an input of the loop, so a new
+scale does not recompile). A negative prompt
 is just another unconditional context. Rescaled CFG acts on v, the network's output, as in Lin et al.
 (arXiv 2305.08891), diffusers and the original: it is defined at every t and needs no z, whereas
 rescaling x_hat = z + (1 - t) v would mix in the statistics of z and divide by 1 - t to return to v.
@@ -66,17 +68,38 @@ def in_interval(t: jax.Array, interval: tuple[float, float]) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class Guidance:
-  """Classifier-free guidance settings; `scale` may be a traced scalar (no recompile per scale).
+class GuidanceSpec:
+  """The static part of classifier-free guidance, compiled into the sampling loop (the scale is an input).
 
   Attributes:
-    scale: w at t = 0 (the whole way for `constant`); 1 is no guidance, 0 the unconditional model.
     rescale: phi of rescaled CFG; 0 is off, 0.7 the paper's choice.
     interval: guide for t in [lo, hi) only; elsewhere the conditional velocity.
-    schedule: how w moves from `scale` at t = 0 to `min_scale` at t = 1 (`SCHEDULES`).
+    schedule: how w moves from the scale at t = 0 to `min_scale` at t = 1 (`SCHEDULES`).
     min_scale: w at t = 1 for the non-constant schedules.
   """
-  scale: float | jax.Array = 4.0
+  rescale: float = 0.0
+  interval: tuple[float, float] = (0.0, 1.0)
+  schedule: str = "constant"
+  min_scale: float = 1.0
+
+  def __post_init__(self):
+    _check_schedule(self.schedule)
+
+  def combine(self, v_cond: jax.Array, v_uncond: jax.Array, t: jax.Array, scale: float | jax.Array) -> jax.Array:
+    """The guided velocity from both halves at per-sample times t (B,) for the guidance `scale` (w at t = 0)."""
+    dtype = jnp.promote_types(v_cond.dtype, jnp.float32)
+    v_cond, v_uncond = v_cond.astype(dtype), v_uncond.astype(dtype)
+    v = cfg(v_cond, v_uncond, scheduled_scale(t, scale, self.schedule, self.min_scale))
+    if self.rescale:
+      v = rescale(v, v_cond, self.rescale)
+    return jnp.where(_expand(in_interval(t, self.interval), v), v, v_cond)
+
+
+@dataclasses.dataclass(frozen=True)
+class Guidance:
+  """Classifier-free guidance settings of a request: the scale (w at t = 0; 1 is no guidance, 0 the
+  unconditional model) and the rest (`GuidanceSpec`'s fields)."""
+  scale: float = 4.0
   rescale: float = 0.0
   interval: tuple[float, float] = (0.0, 1.0)
   schedule: str = "constant"
@@ -94,18 +117,15 @@ class Guidance:
 
   @property
   def is_off(self) -> bool:
-    """Statically known to be w = 1 everywhere, so the unconditional pass can be skipped."""
-    flat = self.schedule == "constant" or self.min_scale == 1.0
-    return isinstance(self.scale, (int, float)) and self.scale == 1.0 and flat
+    """w = 1 everywhere, so the unconditional pass can be skipped."""
+    return self.scale == 1.0 and (self.schedule == "constant" or self.min_scale == 1.0)
 
-  def combine(self, v_cond: jax.Array, v_uncond: jax.Array, t: jax.Array) -> jax.Array:
-    """The guided velocity from both halves at per-sample times t (B,)."""
-    dtype = jnp.promote_types(v_cond.dtype, jnp.float32)
-    v_cond, v_uncond = v_cond.astype(dtype), v_uncond.astype(dtype)
-    v = cfg(v_cond, v_uncond, scheduled_scale(t, self.scale, self.schedule, self.min_scale))
-    if self.rescale:
-      v = rescale(v, v_cond, self.rescale)
-    return jnp.where(_expand(in_interval(t, self.interval), v), v, v_cond)
+  @property
+  def spec(self) -> GuidanceSpec | None:
+    """The static part for the compiled loop; None when guidance is off (no unconditional pass)."""
+    if self.is_off:
+      return None
+    return GuidanceSpec(self.rescale, tuple(self.interval), self.schedule, self.min_scale)
 
 
 def _per_sample_time(t: jax.Array, z: jax.Array) -> jax.Array:
@@ -113,15 +133,17 @@ def _per_sample_time(t: jax.Array, z: jax.Array) -> jax.Array:
 
 
 def guided_velocity_fn(model_fn: Callable[[jax.Array, jax.Array, Any], jax.Array], cond: Any, uncond: Any,
-                       guidance: Guidance) -> Callable[[jax.Array, jax.Array], jax.Array]:
+                       spec: GuidanceSpec | None, scale: float | jax.Array = 1.0
+                       ) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """The solvers' `velocity_fn(z, t)` from a network `model_fn(z, t, context) -> v`.
 
   `cond` and `uncond` are context pytrees batched on axis 0 (text embedding, mask, pooled, ...); an
   `uncond` leaf with batch 1 (the cached empty or negative prompt) is broadcast to the batch. Each
-  evaluation is one `model_fn` call on [z; z] with context [cond; uncond]; with `guidance.is_off` it is
-  one call on the conditional half only. `t` may be a scalar or (B,).
+  evaluation is one `model_fn` call on [z; z] with context [cond; uncond], combined by `spec` with the
+  (possibly traced) `scale`; with `spec` None (guidance off) it is one call on the conditional half only.
+  `t` may be a scalar or (B,).
   """
-  if guidance.is_off:
+  if spec is None:
     return lambda z, t: model_fn(z, _per_sample_time(t, z), cond)
   context = jax.tree.map(lambda c, u: jnp.concatenate([c, jnp.broadcast_to(u, c.shape)]), cond, uncond)
 
@@ -129,6 +151,6 @@ def guided_velocity_fn(model_fn: Callable[[jax.Array, jax.Array, Any], jax.Array
     t = _per_sample_time(t, z)
     v = model_fn(jnp.concatenate([z, z]), jnp.concatenate([t, t]), context)
     v_cond, v_uncond = jnp.split(v, 2)
-    return guidance.combine(v_cond, v_uncond, t)
+    return spec.combine(v_cond, v_uncond, t, scale)
 
   return velocity_fn

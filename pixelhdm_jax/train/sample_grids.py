@@ -15,6 +15,7 @@ import numpy as np
 
 from pixelhdm_jax.sample.images import image_grid
 from pixelhdm_jax.sample.pipeline import Pipeline
+from pixelhdm_jax.sample.request import SampleRequest
 from pixelhdm_jax.train.metrics import MetricWriter
 
 
@@ -31,8 +32,8 @@ class SampleGrids:
       self.pipeline = Pipeline(self.config, state.ema, self.trainer.text_encoder, self.trainer.frozen["text"],
                                mesh=self.trainer.mesh)
     size = self.config.train.sample_size
-    images = self.pipeline.generate(list(self.config.train.sample_prompts), height=size, width=size,
-                                    seed=self.config.seed, params=state.ema)
+    request = SampleRequest(list(self.config.train.sample_prompts), height=size, width=size, seed=self.config.seed)
+    images = self.pipeline.generate(request, params=state.ema)
     path = self.directory / f"step_{step:08d}.png"
     if jax.process_index() == 0:
       grid = image_grid(images, columns=len(images))

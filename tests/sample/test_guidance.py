@@ -1,7 +1,5 @@
 """Classifier-free guidance: formulas on known inputs, rescale, interval, schedules, batched model calls."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,9 +27,9 @@ def test_rescale_matches_conditional_std_per_sample():
 
 
 def test_interval_is_half_open_and_falls_back_to_conditional():
-  guidance = G.Guidance(scale=3.0, interval=(0.2, 0.6))
+  spec = G.Guidance(scale=3.0, interval=(0.2, 0.6)).spec
   v_cond, v_uncond = jnp.ones((4, 2)), jnp.zeros((4, 2))
-  out = guidance.combine(v_cond, v_uncond, jnp.array([0.1, 0.2, 0.5, 0.6]))
+  out = spec.combine(v_cond, v_uncond, jnp.array([0.1, 0.2, 0.5, 0.6]), 3.0)
   np.testing.assert_allclose(out[:, 0], [1.0, 3.0, 3.0, 1.0])
 
 
@@ -49,6 +47,8 @@ def test_schedules_at_noise_middle_clean(schedule, expected):
 def test_unknown_schedule_names_the_choices():
   with pytest.raises(ValueError, match="unknown guidance schedule 'exp'.*cosine"):
     G.Guidance(schedule="exp")
+  with pytest.raises(ValueError, match="unknown guidance schedule 'exp'"):
+    G.GuidanceSpec(schedule="exp")
 
 
 def _model(calls):
@@ -67,7 +67,7 @@ UNCOND = {"scale": jnp.array([0.5]), "bias": jnp.zeros((1, 3))}  # batch 1: broa
 def test_one_batched_call_per_evaluation():
   calls = []
   z, t = jnp.ones((2, 3)), 0.3
-  v = G.guided_velocity_fn(_model(calls), COND, UNCOND, G.Guidance(scale=4.0))(z, t)
+  v = G.guided_velocity_fn(_model(calls), COND, UNCOND, G.GuidanceSpec(), 4.0)(z, t)
   assert calls == [4]
   v_cond = COND["scale"][:, None] * z + t + COND["bias"]
   v_uncond = 0.5 * z + t
@@ -77,7 +77,7 @@ def test_one_batched_call_per_evaluation():
 def test_negative_prompt_is_the_unconditional_context():
   calls = []
   negative = {"scale": jnp.array([0.0, 0.0]), "bias": jnp.ones((2, 3))}
-  v = G.guided_velocity_fn(_model(calls), COND, negative, G.Guidance(scale=2.0))(jnp.ones((2, 3)), 0.0)
+  v = G.guided_velocity_fn(_model(calls), COND, negative, G.GuidanceSpec(), 2.0)(jnp.ones((2, 3)), 0.0)
   v_cond = COND["scale"][:, None] + COND["bias"]
   np.testing.assert_allclose(v, 2.0 * v_cond - 1.0, rtol=1e-6)
 
@@ -85,21 +85,23 @@ def test_negative_prompt_is_the_unconditional_context():
 def test_scale_one_is_no_guidance_and_skips_the_unconditional_pass():
   calls = []
   z, t = jnp.ones((2, 3)), jnp.array([0.2, 0.7])
-  skipped = G.guided_velocity_fn(_model(calls), COND, UNCOND, G.Guidance(scale=1.0))(z, t)
+  assert G.Guidance(scale=1.0).spec is None and G.Guidance(scale=1.0, rescale=0.7, schedule="cosine").spec is None
+  assert G.Guidance(scale=1.0, schedule="linear", min_scale=2.0).spec is not None  # w = 2 at t = 1
+  skipped = G.guided_velocity_fn(_model(calls), COND, UNCOND, None)(z, t)
   assert calls == [2]
   np.testing.assert_allclose(skipped, _model([])(z, t, COND))
-  for guidance in (G.Guidance(scale=jnp.float32(1.0)), G.Guidance(scale=1.0, rescale=0.7, schedule="cosine")):
-    np.testing.assert_allclose(G.guided_velocity_fn(_model([]), COND, UNCOND, guidance)(z, t), skipped,
-                               rtol=1e-6)
+  for spec in (G.GuidanceSpec(), G.GuidanceSpec(rescale=0.7, schedule="cosine")):  # both passes, w = 1
+    np.testing.assert_allclose(G.guided_velocity_fn(_model([]), COND, UNCOND, spec, jnp.float32(1.0))(z, t),
+                               skipped, rtol=1e-6)
 
 
 def test_guided_sampling_is_deterministic_under_jit():
   z = jax.random.normal(jax.random.key(0), (2, 3))
-  guidance = G.Guidance(scale=3.0, rescale=0.7, interval=(0.1, 1.0), schedule="linear")
+  spec = G.Guidance(scale=3.0, rescale=0.7, interval=(0.1, 1.0), schedule="linear").spec
 
   @jax.jit
   def run(z, scale):
-    velocity_fn = G.guided_velocity_fn(_model([]), COND, UNCOND, dataclasses.replace(guidance, scale=scale))
+    velocity_fn = G.guided_velocity_fn(_model([]), COND, UNCOND, spec, scale)
     return solvers.sample(velocity_fn, z, solver="dpmpp_2m", num_steps=6)
 
   first = run(z, 3.0)

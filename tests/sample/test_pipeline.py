@@ -11,10 +11,16 @@ from pixelhdm_jax.encoders.text import build_text_encoder
 from pixelhdm_jax.models.pixelhdm import PixelHDM, abstract_params
 from pixelhdm_jax.sample.guidance import Guidance
 from pixelhdm_jax.sample.images import image_grid
-from pixelhdm_jax.sample.pipeline import Pipeline, tail_steps
+from pixelhdm_jax.sample.pipeline import Pipeline
+from pixelhdm_jax.sample.request import SampleRequest, tail_steps
 
 PROMPTS = ["a red circle", "a blue square"]
 FAST = dict(height=32, width=32, num_steps=2, solver="euler", num_images_per_prompt=2)
+
+
+def request(prompts=PROMPTS, **options) -> SampleRequest:
+  """A quick request (32x32, 2 Euler steps, 2 images per prompt) with `options` on top."""
+  return SampleRequest(prompts, **{**FAST, **options})
 
 
 def random_params(model, seed: int = 0):
@@ -38,7 +44,7 @@ def pipeline():
 @pytest.fixture(scope="module")
 def reference(pipeline):
   """Text-to-image of PROMPTS x 2 with seed 0 in one batch of 4 (guidance 4.0 from the config)."""
-  return pipeline.generate(PROMPTS, seed=0, **FAST)
+  return pipeline.generate(request(seed=0))
 
 
 def _max_difference(a, b) -> int:
@@ -47,21 +53,21 @@ def _max_difference(a, b) -> int:
 
 def test_same_seed_same_images_other_seed_other_images(pipeline, reference):
   assert reference.shape == (4, 32, 32, 3) and reference.dtype == np.uint8
-  np.testing.assert_array_equal(pipeline.generate(PROMPTS, seed=0, **FAST), reference)
-  assert _max_difference(pipeline.generate(PROMPTS, seed=1, **FAST), reference) > 10
+  np.testing.assert_array_equal(pipeline.generate(request(seed=0)), reference)
+  assert _max_difference(pipeline.generate(request(seed=1)), reference) > 10
   assert all(_max_difference(reference[i], reference[j]) > 10 for i in range(4) for j in range(i))
 
 
 def test_images_do_not_depend_on_the_batch_split(pipeline, reference):
   # Batches of 3 and 1 (padded to 3) against one batch of 4.
-  np.testing.assert_array_equal(pipeline.generate(PROMPTS, seed=0, batch_size=3, **FAST), reference)
+  np.testing.assert_array_equal(pipeline.generate(request(seed=0, batch_size=3)), reference)
 
 
 def test_image_to_image_strength_zero_is_the_input_and_one_is_text_to_image(pipeline, reference):
   init = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-  kept = pipeline.generate(PROMPTS, init_image=init, strength=0.0, **FAST)
+  kept = pipeline.generate(request(init_image=init, strength=0.0))
   np.testing.assert_array_equal(kept, np.broadcast_to(init, kept.shape))
-  np.testing.assert_array_equal(pipeline.generate(PROMPTS, init_image=init, strength=1.0, **FAST), reference)
+  np.testing.assert_array_equal(pipeline.generate(request(init_image=init, strength=1.0)), reference)
 
 
 def test_tail_steps_keep_the_text_to_image_density():
@@ -71,13 +77,14 @@ def test_tail_steps_keep_the_text_to_image_density():
 
 
 def test_guidance_scale_one_is_no_guidance_and_negative_prompts_matter(pipeline, reference):
-  unguided = pipeline.generate(PROMPTS, guidance=Guidance(scale=1.0), **FAST)  # conditional pass only
-  stacked = pipeline.generate(PROMPTS, guidance=Guidance(scale=np.float32(1.0)), **FAST)  # both passes, w = 1
+  unguided = pipeline.generate(request(guidance=Guidance(scale=1.0)))  # conditional pass only
+  # Both passes, but no step time falls in the guidance interval: the conditional velocity everywhere.
+  stacked = pipeline.generate(request(guidance=Guidance(scale=4.0, interval=(0.999, 1.0))))
   assert _max_difference(unguided, stacked) <= 1
-  np.testing.assert_array_equal(
-      pipeline.generate(PROMPTS, guidance=Guidance(scale=1.0), negative_prompt="noise", **FAST), unguided)
+  np.testing.assert_array_equal(pipeline.generate(request(guidance=Guidance(scale=1.0), negative_prompt="noise")),
+                                unguided)
   assert _max_difference(unguided, reference) > 1  # the random network's text path is weak
-  assert _max_difference(pipeline.generate(PROMPTS, negative_prompt="a green circle", **FAST), reference) > 1
+  assert _max_difference(pipeline.generate(request(negative_prompt="a green circle")), reference) > 1
 
 
 @pytest.mark.parametrize("prompts, kwargs, message", [
@@ -94,7 +101,7 @@ def test_guidance_scale_one_is_no_guidance_and_negative_prompts_matter(pipeline,
 ])
 def test_invalid_requests_name_the_problem(pipeline, prompts, kwargs, message):
   with pytest.raises(ValueError, match=message):
-    pipeline.generate(prompts, **kwargs)
+    pipeline.generate(SampleRequest(prompts, **kwargs))
 
 
 def test_sharded_equals_unsharded(pipeline, reference):
@@ -103,7 +110,7 @@ def test_sharded_equals_unsharded(pipeline, reference):
   params, _ = parallel.place_params(pipeline.params, abstract_params(pipeline.model), mesh, rules)
   text_params, _ = parallel.place_params(pipeline.text_params, pipeline.text_encoder.abstract_params(), mesh, rules)
   sharded = Pipeline(pipeline.config, params, pipeline.text_encoder, text_params, mesh=mesh)
-  assert _max_difference(sharded.generate(PROMPTS, seed=0, **FAST), reference) == 0
+  assert _max_difference(sharded.generate(request(seed=0)), reference) == 0
 
 
 def test_image_grid_rows_of_columns():
@@ -118,5 +125,5 @@ def test_seed_and_guidance_scale_do_not_recompile():
   config = base.get_config("tiny")
   fresh = Pipeline(config, random_params(PixelHDM.from_config(config.model)), *build_text_encoder(config))
   for seed, scale in ((0, 4.0), (1, 5.0), (2, 2.5)):
-    fresh.generate(PROMPTS, seed=seed, guidance=Guidance(scale=scale), **FAST)
+    fresh.generate(request(seed=seed, guidance=Guidance(scale=scale)))
   assert fresh._sample_batch._cache_size() == 1  # pylint: disable=protected-access
