@@ -155,7 +155,8 @@ def _result(config, mode, mesh, height, width, batch_size, measured) -> dict[str
   model_flops, encoder_flops = measured.pop("model_flops"), measured.pop("encoder_flops")
   devices = jax.devices()
   kind, count = devices[0].device_kind, len(devices)
-  per_device = lambda total: total / step_time / count / 1e12  # noqa: E731
+  model = flops.throughput(model_flops, step_time, batch_size, kind, count)
+  with_encoders = flops.throughput(model_flops + encoder_flops, step_time, batch_size, kind, count)
   m = config.model
   dtype = compute_dtype(m.compute_dtype)
   sequence = (height // m.patch_size) * (width // m.patch_size) + config.text.max_length
@@ -164,12 +165,10 @@ def _result(config, mode, mesh, height, width, batch_size, measured) -> dict[str
   return {
       "mode": mode, "height": height, "width": width, "batch_size": batch_size, "steps": len(times),
       "compile_s": measured.pop("compile_s"), "step_time_s": step_time, "step_time_min_s": min(times),
-      "step_times_s": times, "images_per_s": batch_size / step_time,
+      "step_times_s": times, "images_per_s": model.images_per_s,
       "model_flops_per_step": model_flops, "encoder_flops_per_step": encoder_flops,
-      "tflops_per_device": per_device(model_flops),
-      "tflops_per_device_with_encoders": per_device(model_flops + encoder_flops),
-      "mfu": flops.mfu(model_flops, step_time, kind, count),
-      "mfu_with_encoders": flops.mfu(model_flops + encoder_flops, step_time, kind, count),
+      "tflops_per_device": model.tflops_per_device, "tflops_per_device_with_encoders": with_encoders.tflops_per_device,
+      "mfu": model.mfu, "mfu_with_encoders": with_encoders.mfu,
       "peak_memory_bytes": None if memory is None else memory.peak_bytes,
       "memory_per_device": None if memory is None else memory.as_dict(),
       "device_peak_bytes": device_peak_bytes(),

@@ -138,3 +138,18 @@ def mfu(model_flops_per_step: float, step_time: float, device_kind: str, num_dev
   if peak is None or step_time <= 0 or num_devices <= 0:
     return None
   return model_flops_per_step / (step_time * peak * num_devices)
+
+
+class Throughput(NamedTuple):
+  """What a step time means: images per second, model TFLOP/s per device and MFU (None: unknown peak)."""
+  images_per_s: float
+  tflops_per_device: float
+  mfu: float | None
+
+
+def throughput(flops_per_step: float, step_time: float, images_per_step: int, device_kind: str,
+               num_devices: int) -> Throughput:
+  """The rates of a step of `step_time` seconds that does `flops_per_step` FLOPs on `images_per_step` images
+  over `num_devices` devices of `device_kind` (the training loop's log and the benchmark)."""
+  return Throughput(images_per_step / step_time, flops_per_step / step_time / num_devices / 1e12,
+                    mfu(flops_per_step, step_time, device_kind, num_devices))

@@ -2,7 +2,8 @@
 
 The loop builds the mesh, the frozen encoders, the networks and the data, creates the state sharded (or
 restores the latest checkpoint into it), then runs one compiled step per bucket shape. Metrics leave the
-device one step late, so the host never stalls the device queue; they go to the progress bar, the console,
+device one step late, so the host never stalls the device queue: every step only the skip counter that the
+divergence check needs, at `train.log_every` all of them, which go to the progress bar, the console,
 `metrics.jsonl` and TensorBoard. Checkpoints are asynchronous; SIGTERM (preemption) saves and returns.
 Every process runs this loop (one per host); only process 0 writes metrics, sample grids and the bar.
 """
@@ -67,7 +68,7 @@ class _Preemption:
 
 
 class _Pending:
-  """Metrics of the last dispatched step, fetched only after the next step has been dispatched."""
+  """The last dispatched step, whose metrics are read only after the next step has been dispatched."""
 
   def __init__(self):
     self.metrics, self.step, self.batch_shape, self.timed = None, None, None, False
@@ -167,31 +168,59 @@ def _run(trainer, state, rng, loader, checkpoints, writer, preemption, workdir) 
 
 
 def _report(config, pending: _Pending, timer: dict, writer: MetricWriter, bar) -> dict[str, float] | None:
-  """Fetches the pending metrics (the previous step's), checks them, logs them at `log_every`."""
+  """Reads the previous step's skip counter (every step: the divergence check, one scalar) and, when that step
+  is logged, all its metrics with the throughput; returns the logged values (None on steps not logged)."""
   if pending.metrics is None:
     return None
-  values = {k: float(v) for k, v in jax.device_get(pending.metrics).items()}
+  nonfinite = int(jax.device_get(pending.metrics["nonfinite"]))
   now = time.perf_counter()
-  accum = config.optim.grad_accum_steps
-  if values["nonfinite"] >= config.train.max_nonfinite_steps:
-    raise NonFiniteError(f"{int(values['nonfinite'])} consecutive steps up to step {pending.step} had a non-finite "
-                         "loss or gradients (train.max_nonfinite_steps); the last checkpoint holds finite weights")
+  seconds = None  # per micro-step, when only steps ran since the previous read (no compile, save or grid)
   if pending.timed and timer["time"] is not None:
     seconds = (now - timer["time"]) / max(pending.step - timer["step"], 1)
-    batch, height, width, _ = pending.batch_shape
-    model_flops = batch * flops.train_step_flops(config.model, height, width, config.text.max_length)
-    values.update(step_time_s=seconds * accum, images_per_s=batch / seconds,
-                  tflops_per_device=model_flops / seconds / jax.device_count() / 1e12)
-    utilisation = flops.mfu(model_flops, seconds, jax.devices()[0].device_kind, jax.device_count())
-    if utilisation is not None:
-      values["mfu"] = utilisation
   timer["time"], timer["step"] = now, pending.step
-  opt_step = pending.step // accum + 1
-  bar.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
-  last_micro_step = (pending.step + 1) % accum == 0
-  if last_micro_step and (opt_step % config.train.log_every == 0 or opt_step == config.train.num_steps):
-    writer.scalars(opt_step, values)
-    shown = ("loss", "loss_velocity", "loss_frequency", "loss_repa", "grad_norm", "lr", "images_per_s", "mfu")
-    logging.info("step %d: %s", opt_step, ", ".join(f"{k}={values[k]:.4g}" for k in shown if k in values))
+  _check_finite(nonfinite, pending.step, config.train.max_nonfinite_steps)
+  opt_step = _logged_step(config, pending.step)
+  values = None
+  if opt_step is not None:
+    values = {k: float(v) for k, v in jax.device_get(pending.metrics).items()}
+    if seconds is not None:
+      values.update(_throughput(config, pending.batch_shape, seconds))
+    _log(writer, bar, opt_step, values)
   pending.metrics = None
   return values
+
+
+def _check_finite(nonfinite: int, step: int, limit: int) -> None:
+  """Stops the run once `limit` consecutive steps up to micro-step `step` had a non-finite loss or gradients."""
+  if nonfinite >= limit:
+    raise NonFiniteError(f"{nonfinite} consecutive steps up to step {step} had a non-finite loss or gradients "
+                         "(train.max_nonfinite_steps); the last checkpoint holds finite weights")
+
+
+def _logged_step(config, micro_step: int) -> int | None:
+  """The optimizer step that micro-step `micro_step` completes, if that step is logged (`train.log_every` and
+  the last), else None."""
+  accum = config.optim.grad_accum_steps
+  opt_step = micro_step // accum + 1
+  last_micro_step = (micro_step + 1) % accum == 0
+  if last_micro_step and (opt_step % config.train.log_every == 0 or opt_step == config.train.num_steps):
+    return opt_step
+  return None
+
+
+def _throughput(config, batch_shape: tuple[int, ...], seconds: float) -> dict[str, float]:
+  """Step time (per optimizer step), images/s, model TFLOP/s per device and MFU (if the peak is known) of
+  micro-steps of `seconds` on batches of `batch_shape`."""
+  batch, height, width, _ = batch_shape
+  model_flops = batch * flops.train_step_flops(config.model, height, width, config.text.max_length)
+  rates = flops.throughput(model_flops, seconds, batch, jax.devices()[0].device_kind, jax.device_count())
+  values = {"step_time_s": seconds * config.optim.grad_accum_steps, **rates._asdict()}
+  return {k: v for k, v in values.items() if v is not None}
+
+
+def _log(writer: MetricWriter, bar, opt_step: int, values: dict[str, float]) -> None:
+  """Logged values to metrics.jsonl and TensorBoard, the console and the progress bar."""
+  writer.scalars(opt_step, values)
+  bar.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
+  shown = ("loss", "loss_velocity", "loss_frequency", "loss_repa", "grad_norm", "lr", "images_per_s", "mfu")
+  logging.info("step %d: %s", opt_step, ", ".join(f"{k}={values[k]:.4g}" for k in shown if k in values))

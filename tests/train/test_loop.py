@@ -187,6 +187,27 @@ def test_too_many_nonfinite_steps_stop_the_run():
     loop._report(config, pending, timer, writer=Writer(), bar=Bar())  # pylint: disable=protected-access
 
 
+def test_metrics_are_read_in_full_only_on_logged_steps():
+  """Every step the loop reads one scalar (the skip counter); the whole dict only on `log_every` steps."""
+  from pixelhdm_jax.train import loop
+  config = tiny_run_config(log_every=5)
+
+  class Unread:
+    def __float__(self):
+      raise AssertionError("the loop read a metric of a step that is not logged")
+
+  class Quiet:
+    def __getattr__(self, name):
+      return lambda *args, **kwargs: None
+
+  pending, timer = loop._Pending(), {"time": None, "step": None}  # pylint: disable=protected-access
+  pending.set({"loss": Unread(), "nonfinite": 0}, 2, (8, 32, 32, 3), timed=False)  # optimizer step 3
+  assert loop._report(config, pending, timer, writer=Quiet(), bar=Quiet()) is None  # pylint: disable=protected-access
+  pending.set({"loss": 1.5, "nonfinite": 0}, 4, (8, 32, 32, 3), timed=True)  # optimizer step 5: logged
+  values = loop._report(config, pending, timer, writer=Quiet(), bar=Quiet())  # pylint: disable=protected-access
+  assert values["loss"] == 1.5 and values["images_per_s"] > 0 and values["step_time_s"] > 0
+
+
 def test_resume_with_another_kernel_and_remat_policy_is_allowed(straight_and_resumed):
   from pixelhdm_jax.train.checkpoint import RunCheckpoints
   straight, _ = straight_and_resumed
