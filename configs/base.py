@@ -6,14 +6,15 @@ Pick a preset in the config string and override any field on the command line:
   python launch/train.py --config=configs/base.py:default --workdir=DIR \
       --config.train.batch_size=64 --config.model.attention=cudnn
 
-Presets (parameter counts of the PixelHDM network, pinned by tests/test_model_params.py):
+Presets (parameter counts of the PixelHDM network, pinned by tests/models/test_model_params.py):
   tiny     CPU: 64-wide, 2 patch + 2 pixel blocks, random tiny Qwen3 and DINOv3, synthetic 32..64 px
            shapes, batch 8, 300 steps. Needs no download. Measured on a 2-core CPU VM: about 2 minutes
            (4 bucket compiles of ~4-20 s, then ~15 steps/s); loss 4.3 at step 10 -> ~1.3 at step 300;
            writes checkpoints/, metrics.jsonl, tb/ and samples/step_00000300.png.
-  small    44M (+0.5M text projection): 512-wide, 8 + 1 blocks, Qwen3-0.6B.
+  small    44,731,507 (the original's 44,207,219 + a 1024 x 512 text projection): 512-wide, 8 + 1 blocks.
   default  356,364,355 parameters: the original's default (1024-wide, 16 + 4 blocks).
-  large    676M: 1152-wide, 26 + 4 blocks, head_dim 72, mRoPE 16/28/28.
+  large    677,535,267 (the original's 676,355,619 + a 1024 x 1152 text projection): 1152-wide, 26 + 4
+           blocks, head_dim 72, mRoPE 16/28/28.
 
 `validate(config)` (from `pixelhdm_jax.config`) rejects inconsistent settings; the launchers call it.
 """
@@ -26,7 +27,7 @@ PRESETS = ("tiny", "small", "default", "large")
 
 
 def _model(preset: str) -> ml_collections.ConfigDict:
-  """The PixelHDM network (`reference/original_pytorch.md` §1.1-1.2; head_dim = hidden / heads)."""
+  """The PixelHDM network (the original's presets: docs/original.md §1; head_dim = hidden / heads)."""
   m = ml_collections.ConfigDict()
   m.hidden_dim = 1024
   m.pixel_dim = 16

@@ -1,7 +1,8 @@
 """The training losses, all in float32: V-MSE, DCT frequency loss, iREPA and the gamma-L2 penalty.
 
 Total = V-MSE + freq_lambda * freq + repa_lambda * iREPA + gamma_l2_lambda * gamma_l2
-(`reference/original_pytorch.md` §4.2, §5; `reference/field.md` §4.2, §6). Images and velocities are
+(docs/original.md §4, §5; DeCo's JPEG-weighted DCT loss; iREPA's spatially normalised target). Images and
+velocities are
 channel-last (B, H, W, 3).
 
 The iREPA loss takes the output of `models.repa_projector.RepaProjector`, a trained part of the train state

@@ -14,7 +14,7 @@ from pixelhdm_jax import config as config_lib
 from pixelhdm_jax import losses
 from pixelhdm_jax.models.repa_projector import RepaProjector
 
-# Published q=90 tables (`reference/original_pytorch.md` §5.2, `reference/field.md` §6).
+# The q=90 tables of the libjpeg scaling of the ITU T.81 Annex K tables (docs/original.md §5).
 Q90_LUMA = np.array([[3, 2, 2, 3, 5, 8, 10, 12], [2, 2, 3, 4, 5, 12, 12, 11], [3, 3, 3, 5, 8, 11, 14, 11],
                      [3, 3, 4, 6, 10, 17, 16, 12], [4, 4, 7, 11, 14, 22, 21, 15], [5, 7, 11, 13, 16, 21, 23, 18],
                      [10, 13, 16, 17, 21, 24, 24, 20], [14, 18, 19, 20, 22, 20, 21, 20]])
@@ -63,7 +63,7 @@ def test_jpeg_tables_and_weights_are_the_published_ones():
   np.testing.assert_array_equal(losses.jpeg_table(losses.JPEG_CHROMINANCE, 85)[0], [5, 5, 7, 14, 30, 30, 30, 30])
   assert losses.jpeg_table(losses.JPEG_LUMINANCE, 85)[7, 7] == 30
   w90, w85 = losses.frequency_weights(90), losses.frequency_weights(85)
-  # field.md §6: w[0,0], w[7,7] and ranges, to the 3 decimals published.
+  # w[0,0], w[7,7] and the ranges, to 3 decimals.
   for weights, expected in [(w90[0], (2.184, 0.328, 0.273, 3.276)), (w90[1], (4.353, 0.653, 0.653, 4.353)),
                             (w85[0], (2.013, 0.336, 0.280, 3.355))]:
     np.testing.assert_allclose([weights[0, 0], weights[7, 7], weights.min(), weights.max()], expected, atol=6e-4)

@@ -2,7 +2,7 @@
 
 A bucket is a (width, height) pair with both sides multiples of the patch size. Every training batch holds
 images of one bucket, so the model compiles once per bucket shape. Generation and assignment follow
-`reference/original_pytorch.md` §8.3-8.4 (`generator/*.py`, `generator/matching.py` of the original).
+docs/original.md §8 (`bucket/generator/*.py` and `generator/matching.py` of the original).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def _floor(value: float, patch: int) -> int:
 
 
 def _generate(min_res: int, max_res: int, patch: int, max_ar: float) -> list[tuple[int, int]]:
-  """The original's bucket list (§8.3): pixel-based, edge-based and square buckets, sorted by (w·h, w)."""
+  """The original's bucket list: pixel-based, edge-based and square buckets, sorted by (w·h, w)."""
   bases = {_floor(r, patch) for r in range(min_res, max_res + 1, 4 * patch)} | {_floor(max_res, patch)}
   bases = sorted(r for r in bases if r >= min_res)
   aspects = [a for a in ASPECT_RATIOS if 1 / max_ar <= a <= max_ar]

@@ -1,6 +1,6 @@
 """Image decoding and preprocessing shared by `prepare.py` and the training loader, and the pixel range.
 
-Preprocessing is the original's (`reference/original_pytorch.md` §8.2): cover-resize with Lanczos so the
+Preprocessing is the original's (docs/original.md §8): cover-resize with Lanczos so the
 bucket fits inside, crop the bucket at the centre or at a random offset, optional horizontal flip. The
 loader hands uint8 pixels to the device; the train step maps them to [-1, 1] (`images_to_model_range`) and
 sampling maps the network's images back (`to_uint8`). Both take numpy or JAX arrays (array methods only), so

@@ -1,6 +1,6 @@
 """The example order (`data.order`): which dataset indices form global batch `step`, one bucket per batch.
 
-The three batch samplers of the original (`reference/original_pytorch.md` §8.5), with two fixes: every epoch
+The three batch samplers of the original (docs/original.md §8), with two fixes: every epoch
 draws a new permutation (the original replays epoch 0 forever), and the schedule is a pure function of
 the step, so a run resumes mid-epoch exactly and every process of a multi-host run computes the same
 schedule without talking to the others (each then loads its own slice of each global batch).

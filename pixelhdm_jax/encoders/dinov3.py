@@ -2,7 +2,7 @@
 
 [-1, 1] images -> ImageNet normalisation -> patch conv -> [CLS, registers, patches] -> N x [LayerNorm ->
 attention (2-D rotate-half RoPE on patch tokens only) -> LayerScale -> residual; LayerNorm -> MLP ->
-LayerScale -> residual] -> final LayerNorm -> patch tokens (`field.md` §4.3). RoPE uses patch-centre
+LayerScale -> residual] -> final LayerNorm -> patch tokens, as transformers' `DINOv3ViTModel`. RoPE uses patch-centre
 coordinates normalised to [-1, 1] per axis, without the training-time jitter, so any H, W that are
 multiples of the patch size work. Params are float32 and named like Hugging Face's `DINOv3ViTModel`;
 `load_dinov3` reads a local Hugging Face directory, or Meta's official `.pth` renamed to those names first

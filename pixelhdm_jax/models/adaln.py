@@ -2,7 +2,7 @@
 
 Both return six modulations in the order [gamma1, beta1, alpha1, gamma2, beta2, alpha2]. TokenAdaLN is
 used as `gamma * norm(x) + beta` with bias init [1, 0, 1, 1, 0, 1]; PixelwiseAdaLN as
-`(1 + gamma) * norm(x) + beta` with bias init [0, 0, 1, 0, 0, 1] (`reference/original_pytorch.md` §2.6, §2.10).
+`(1 + gamma) * norm(x) + beta` with bias init [0, 0, 1, 0, 0, 1] (docs/original.md §2.3, §2.7).
 """
 
 from __future__ import annotations

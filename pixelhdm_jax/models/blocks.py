@@ -3,7 +3,7 @@
 PatchBlock: sandwich-norm DiT block modulated by TokenAdaLN(t_emb), residual scale 1/sqrt(2N).
 PixelBlock: PixelwiseAdaLN(s_cond) modulation, token compaction (compress p^2 pixels of a patch into one
 token, attend over patches, expand back, no inner residual) and a per-pixel SwiGLU, residual scale 1/sqrt(M).
-Shapes and orders follow `reference/original_pytorch.md` §2.6-2.10.
+Shapes and orders follow the original (docs/original.md §2.3-2.7).
 """
 
 from __future__ import annotations

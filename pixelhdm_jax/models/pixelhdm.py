@@ -1,6 +1,6 @@
 """The dual-path PixelHDM network: patch transformer over image+text tokens, pixel transformer per pixel.
 
-Forward (`reference/original_pytorch.md` §2.0): patch embedding and time embedding -> joint sequence of
+Forward (docs/original.md §2.1): patch embedding and time embedding -> joint sequence of
 image tokens then text tokens (non-causal attention, so the order is free; padded text trails so every
 attention kernel sees a prefix of valid keys) -> N patch blocks (the REPA features are tapped after block
 `repa_align_layer`) -> s_cond = image tokens + t_emb (+ pooled text) -> pixel embedding of the noisy image

@@ -1,6 +1,6 @@
 """mRoPE: three-axis rotary positions (text index, patch row, patch column) with interleaved pairs.
 
-Position ids are integers as in the original (`reference/original_pytorch.md` §2.8): text token n is
+Position ids are integers as in the original (docs/original.md §2.5): text token n is
 (n, 0, 0); an image token at patch (h, w) is (T_valid, h, w) with T_valid the sample's number of valid
 text tokens; pixel-path tokens and image-only sequences use (0, h, w).
 """

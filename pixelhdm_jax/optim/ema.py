@@ -1,7 +1,7 @@
 """Exponential moving average of the weights, as pure functions usable inside jit.
 
 After every optimizer step: ema <- decay * ema + (1 - decay) * params, no warm-up or bias correction, kept
-in float32 (`reference/original_pytorch.md` §7.6). Sampling uses the EMA weights.
+in float32 (docs/original.md §7). Sampling uses the EMA weights.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ All start with the same linear warm-up, lr(k) = peak (k + 1) / warmup_steps for 
   constant                 peak.
   cosine                   min_lr + (peak - min_lr) (1 + cos(pi s / T)) / 2, s = k - warmup_steps capped at
                            T = total_steps - warmup_steps (min_lr afterwards; torch's CosineAnnealingLR).
-  stepped_cosine_restart   the original's SteppedCosineRestartScheduler (`reference/original_pytorch.md` §7.4):
+  stepped_cosine_restart   the original's SteppedCosineRestartScheduler (docs/original.md §7):
                            cycle n = s // T_0 and T_cur = s % T_0,
                            peak_n = max(global_min, peak decay^n), min_n = min(peak_n, max(global_min,
                            cycle_min decay^n)), lr = min_n + (peak_n - min_n) (1 + cos(pi T_cur / T_0)) / 2.

@@ -1,6 +1,6 @@
 """ZClip adaptive gradient clipping as an Optax `GradientTransformation` (arXiv 2504.02507).
 
-`zclip` is the published algorithm (official `bluorion-com/ZClip`, `reference/field.md` §5.1), per optimizer
+`zclip` is the published algorithm (the paper and its official code, `bluorion-com/ZClip`), per optimizer
 step with g the global gradient norm:
   warm-up   the first `warmup_steps` norms are only collected (mean and population variance) and capped by
             `max_grad_norm` if set;
@@ -14,7 +14,7 @@ step with g the global gradient norm:
 The warm-up statistics use Welford's running mean and variance (equal to the official buffer's mean and
 population variance, without its cancellation-prone sum of squares).
 
-`pixelhdm_zclip` is the original PixelHDM's variant (`reference/original_pytorch.md` §7.5): no warm-up, EMA
+`pixelhdm_zclip` is the original PixelHDM's variant (docs/original.md §7): no warm-up, EMA
 updated with the unclipped norm before the test, std floored at 0.01, limit mean + thr std, then capped by
 max_grad_norm and applied as torch's clip_grad_norm_.
 

@@ -1,4 +1,4 @@
-"""Analytic model FLOPs per image and MFU (`reference/original_pytorch.md` §12; maxtext's definition).
+"""Analytic model FLOPs per image and MFU (docs/original.md §2.10; maxtext's definition of MFU).
 
 Model FLOPs count the matmuls of the network: 2 FLOPs per multiply-add, non-causal attention as
 QK^T + AV = 4 S^2 D per layer forward. Element-wise work (norms, softmax, RoPE, gates) is left out, and so

@@ -3,10 +3,10 @@
 The conditional and unconditional passes run as ONE network call on a stacked batch (cond first);
 `guided_velocity_fn` turns a network into the `velocity_fn(z, t)` the solvers integrate. A request's `Guidance`
 splits into its static `GuidanceSpec` (compiled into the loop) and its scale (an input of the loop, so a new
-scale does not recompile). A negative prompt
-is just another unconditional context. Rescaled CFG acts on v, the network's output, as in Lin et al.
-(arXiv 2305.08891), diffusers and the original: it is defined at every t and needs no z, whereas
-rescaling x_hat = z + (1 - t) v would mix in the statistics of z and divide by 1 - t to return to v.
+scale does not recompile). A negative prompt is just another unconditional context. Rescaled CFG acts on v, the
+network's output, as in Lin et al. (arXiv 2305.08891), diffusers and the original: it is defined at every t and
+needs no z, whereas rescaling x_hat = z + (1 - t) v would mix in the statistics of z and divide by 1 - t to
+return to v.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 # Fraction of (scale - min_scale) applied at time t: 1 at t = 0 (noise), 0 at t = 1 (clean) except
-# `constant` (`reference/original_pytorch.md` §9.3 CFGScheduler).
+# `constant` (the original's `CFGScheduler`, docs/original.md §9).
 SCHEDULES: dict[str, Callable[[jax.Array], jax.Array]] = {
     "constant": jnp.ones_like,
     "linear": lambda t: 1.0 - t,

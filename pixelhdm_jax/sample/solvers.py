@@ -3,7 +3,8 @@
 A solver sees only `velocity_fn(z, t) -> v` (t a 0-d array; guidance lives inside `velocity_fn`) and a
 time grid t_0 < ... < t_N = 1 (`time_grid`). Each loop is one `lax.scan`, so `sample` is jit-able for a
 static (solver, num_steps) and never syncs with the host. Update rules follow
-`reference/field.md` §8 with alpha_t = t, sigma_t = 1 - t, lambda_t = log(t / (1 - t)). Every solver
+DPM-Solver++ (Lu et al., arXiv 2211.01095) and Adams-Bashforth, written for alpha_t = t, sigma_t = 1 - t,
+lambda_t = log(t / (1 - t)) (the original's DPM++ is wrong: docs/deviations.md S2). Every solver
 lands on t = 1 with the clean estimate; none evaluates the network at t = 1.
 
 Network evaluations (NFE) for N steps, doubled by classifier-free guidance:

@@ -1,7 +1,7 @@
 """Checkpoint files in and out of PixelHDM-JAX: the original's `.pt`, Orbax inference checkpoints, safetensors.
 
 Import (`launch/convert.py import-original`): an original training checkpoint (a `.pt` dict with `model`,
-`ema` {shadow, ...}, `config`, ...; `reference/original_pytorch.md` §7.8), a bare state dict, or an export
+`ema` {shadow, ...}, `config`, ...; docs/original.md §7), a bare state dict, or an export
 of ours (a folder with `model.safetensors` + `config.json`) -> config, params, notes -> an inference
 checkpoint (`save_for_inference`). Export (`launch/export.py`): a training workdir or inference checkpoint
 -> an inference checkpoint of the EMA (or raw) weights, and/or `model.safetensors` with the original's

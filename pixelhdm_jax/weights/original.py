@@ -1,6 +1,6 @@
 """Maps an original PyTorch PixelHDM `state_dict` onto our Flax parameters, and back.
 
-Names follow the original (see `../shared/fixtures/original_micro/params.json`): Linear weights are
+Names follow the original (`tests/fixtures/original_tiny/params.json` lists them): Linear weights are
 (out, in) and become Flax kernels (in, out); per-block tensors `patch_blocks.{i}.*` are stacked along a
 leading `layers` axis when the network scans its blocks. The original registers every attention projection
 twice (e.g. `attention.q_proj.weight` is an alias of `attention.qkv_proj.q_proj.weight`); aliases are

@@ -1,6 +1,6 @@
 """Translates the original's `PixelHDMConfig.to_dict()` onto our config, and back.
 
-The original stores its config in every checkpoint under `config` (`reference/original_pytorch.md` §1.1).
+The original stores its config in every checkpoint under `config` (docs/original.md §1).
 Fields with the same meaning map one to one (`_SAME_MEANING`); a few combine (on/off switches with their
 lambda, the three mRoPE sizes); architecture fields that our network fixes must hold the value it implements
 (`_FIXED`), otherwise the checkpoint is rejected. Every other field is reported as not mapped, never dropped

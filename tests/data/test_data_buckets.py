@@ -6,7 +6,7 @@ import pytest
 from configs import base
 from pixelhdm_jax.data.buckets import AspectRatioBucket, buckets_from_config
 
-# `reference/original_pytorch.md` §8.3, (w, h), in the original's id order.
+# The original's list (docs/original.md §8), (w, h), in its id order.
 ORIGINAL_256_512 = [
     (256, 256), (256, 384), (384, 256), (272, 368), (368, 272), (320, 320), (288, 384), (384, 288), (288, 448),
     (448, 288), (256, 512), (512, 256), (320, 432), (432, 320), (304, 464), (464, 304), (288, 512), (384, 384),

@@ -25,7 +25,7 @@ def torch_patch_tokens(model, x):
 
 
 def meta_state_dict(model):
-  """The official Meta `.pth` names (`field.md` §4.3) for the weights of an HF model: fused qkv, masked k bias."""
+  """The official Meta `.pth` names (facebookresearch/dinov3) for an HF model's weights: fused qkv, masked k bias."""
   hf = {k.removeprefix("model."): v.detach().clone() for k, v in model.state_dict().items()}
   head_dim = model.config.hidden_size // model.config.num_attention_heads
   meta = {"cls_token": hf["embeddings.cls_token"], "mask_token": hf["embeddings.mask_token"][0],

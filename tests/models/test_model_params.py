@@ -8,7 +8,7 @@ import pytest
 from configs import base
 from pixelhdm_jax.models.pixelhdm import PixelHDM
 
-# default/small/large: the original's counts (`reference/original_pytorch.md` §1.2, §2.14) plus, where the
+# default/small/large: the original's counts (docs/original.md §1, §2.10) plus, where the
 # text encoder (Qwen3-0.6B, 1024 wide) is wider than the network, the learned text projection 1024 x D.
 EXPECTED = {
     "default": 356_364_355,

@@ -29,7 +29,7 @@ def cosine_reference(k, peak, total, min_lr, warmup):
 
 
 class SteppedCosineRestart:
-  """The original's SteppedCosineRestartScheduler stepping (`reference/original_pytorch.md` §7.4), T_mult = 1.
+  """The original's SteppedCosineRestartScheduler stepping (docs/original.md §7), T_mult = 1.
 
   `lr()` after k `step()`s is the lr of optimizer step k. The original also steps once in its constructor, which
   only shifts its warm-up (first lr 2/warmup): the one documented deviation, absent when warmup = 0.
@@ -82,7 +82,7 @@ def test_stepped_cosine_restart(kwargs):
                                           kwargs["decay_rate"], kwargs["global_min_lr"], kwargs["warmup"])
   np.testing.assert_allclose(_ours(ours, 80), expected, rtol=1e-5)
   if kwargs["warmup"] == 0:
-    # §7.4: each cycle n runs from base 0.9^n down towards cycle_min 0.9^n; the first lr is base.
+    # Each cycle n runs from base 0.9^n down towards cycle_min 0.9^n; the first lr is base.
     assert expected[0] == kwargs["base_lr"]
     np.testing.assert_allclose(expected[kwargs["t0"]], kwargs["base_lr"] * 0.9)
 

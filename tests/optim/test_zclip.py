@@ -11,7 +11,7 @@ from pixelhdm_jax.optim import zclip
 
 
 class PublishedZClip:
-  """`reference/field.md` §5.1 (official `zclip/zclip.py`), transcribed with a list buffer, in float64."""
+  """The official `zclip/zclip.py` (bluorion-com/ZClip), transcribed with a list buffer, in float64."""
 
   def __init__(self, alpha=0.97, z_thresh=2.5, max_grad_norm=None, eps=1e-6, warmup_steps=25, mode="zscore",
                clip_option="adaptive_scaling", clip_factor=1.0, skip_update_on_spike=False):
@@ -56,7 +56,7 @@ class PublishedZClip:
 
 
 class OriginalZClip:
-  """The original's `ZClip.__call__` + `clip_grad_norm_with_zclip` (`reference/original_pytorch.md` §7.5)."""
+  """The original's `ZClip.__call__` + `clip_grad_norm_with_zclip` (docs/original.md §7)."""
 
   def __init__(self, threshold=2.5, ema_decay=0.99, max_norm=1.0):
     self.threshold, self.d, self.max_norm = threshold, ema_decay, max_norm

@@ -1,11 +1,11 @@
-"""The analytic FLOP counter is pinned to `reference/original_pytorch.md` §12 (FLOPs = 2 x MACs)."""
+"""The analytic FLOP counter against the original's measured counts (docs/original.md §2.10; FLOPs = 2 x MACs)."""
 
 import pytest
 
 from configs.base import get_config
 from pixelhdm_jax.perf import flops
 
-# GMAC per forward per image of the `default` preset, §12.2 table.
+# GMAC per forward per image of the `default` preset, as measured on the original (torch's FlopCounterMode).
 TABLE_GMAC = {(256, 511): 184.7, (512, 511): 449.0, (1024, 511): 1989.2,
               (256, 0): 68.9, (512, 0): 307.4, (1024, 0): 1744.7}
 
@@ -40,7 +40,7 @@ def test_text_projection_counted_when_widths_differ():
 
 
 def test_encoder_flops_near_the_reference_estimates():
-  """§12: Qwen3-0.6B ~ 2 x 0.44B x 511 (+ attention); DINOv3 ViT-B ~ 2 x 86M x (L + 1)."""
+  """Qwen3-0.6B ~ 2 x 0.44B x 511 (+ attention); DINOv3 ViT-B ~ 2 x 86M x (L + 1) (docs/original.md §2.10)."""
   assert flops.text_encoder_flops(511) == pytest.approx(2 * 0.44e9 * 511 + 4 * 28 * 511 ** 2 * 2048, rel=0.01)
   assert flops.dino_flops(256, 256) == pytest.approx(44e9, rel=0.1)
   assert flops.dino_flops(512, 512) == pytest.approx(0.18e12, rel=0.2)

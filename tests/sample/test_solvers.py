@@ -61,7 +61,7 @@ def test_converges_at_theoretical_order(solver, shift):
 
 
 def _original_dpmpp(velocity, z, ts):
-  """The original's DPMPPSampler (`reference/original_pytorch.md` §9.2), alpha-ratio bug included."""
+  """The original's DPMPPSampler (docs/original.md §9), alpha-ratio bug included."""
   lam = lambda t: np.log(t / (1 - t))  # noqa: E731
   x_prev = None
   for i in range(len(ts) - 1):
