@@ -21,8 +21,6 @@ Presets (parameter counts of the PixelHDM network, pinned by tests/models/test_m
 
 import ml_collections
 
-from pixelhdm_jax.config import validate  # noqa: F401  (re-exported for `configs.base.validate`)
-
 PRESETS = ("tiny", "small", "default", "large")
 
 

@@ -1,7 +1,7 @@
 """Flow-matching math shared by training and sampling (t = 0 pure noise, t = 1 clean image).
 
 z_t = t x + (1 - t) eps, velocity v = dz/dt = x - eps; alpha_t = t, sigma_t = 1 - t.
-From a velocity estimate at (z, t): x_hat = z + (1 - t) v and eps_hat = z - t v.
+From a velocity estimate at (z, t) the clean image is x_hat = z + (1 - t) v (the solvers' last step).
 """
 
 from __future__ import annotations
@@ -51,13 +51,3 @@ def velocity_target(x: jax.Array, noise: jax.Array) -> jax.Array:
 def clean_from_velocity(z: jax.Array, t: jax.Array, v: jax.Array) -> jax.Array:
   """x_hat = z + (1 - t) v."""
   return z + (1.0 - _per_sample(t, z)) * v
-
-
-def noise_from_velocity(z: jax.Array, t: jax.Array, v: jax.Array) -> jax.Array:
-  """eps_hat = z - t v."""
-  return z - _per_sample(t, z) * v
-
-
-def velocity_from_clean(z: jax.Array, t: jax.Array, x: jax.Array) -> jax.Array:
-  """v = (x - z) / (1 - t); undefined at t = 1."""
-  return (x - z) / (1.0 - _per_sample(t, z))

@@ -99,11 +99,6 @@ def optimizer_metrics(opt_state) -> dict[str, jax.Array]:
   }
 
 
-def optimizer_step(opt_state) -> jax.Array:
-  """Optimizer steps applied so far (int32; micro-steps of an accumulation do not count)."""
-  return _find(opt_state, zclip.ZClipState).count
-
-
 def step_applied(opt_state) -> jax.Array:
   """Whether the last `update` changed the params (always, unless it was a non-final accumulation micro-step);
   the train step updates the EMA only then."""

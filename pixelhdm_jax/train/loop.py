@@ -29,7 +29,7 @@ from pixelhdm_jax.perf import flops
 from pixelhdm_jax.train.checkpoint import RunCheckpoints
 from pixelhdm_jax.train.metrics import MetricWriter
 from pixelhdm_jax.train.sample_grids import SampleGrids
-from pixelhdm_jax.train.setup import build_trainer
+from pixelhdm_jax.train.setup import build_trainer, log_param_sharding
 
 
 class NonFiniteError(RuntimeError):
@@ -90,6 +90,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
 def _train(config, workdir, mesh, rules) -> dict[str, float]:
   trainer = build_trainer(config, mesh, rules)
+  log_param_sharding(trainer)
   checkpoints = RunCheckpoints(workdir / "checkpoints", keep=config.train.keep_checkpoints)
   loader = build_train_loader(config, trainer.text_encoder.tokenizer, process_index=jax.process_index(),
                               process_count=jax.process_count())

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh
 
 from pixelhdm_jax import parallel
@@ -62,6 +63,26 @@ class Trainer(NamedTuple):
   def global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """This process's slice of a batch (host arrays) -> the train step's global sharded batch."""
     return parallel.global_batch({key: local_batch[key] for key in BATCH_KEYS}, self.mesh, self.rules)
+
+
+REPLICATED_WARNING = 0.01  # share of the parameter bytes a multi-device run may replicate without a warning
+
+
+def log_param_sharding(trainer: Trainer) -> float:
+  """Logs the share of the trainable parameter bytes that is split over the mesh and returns it; warns, naming
+  the largest replicated parameters, when a multi-device run replicates more than `REPLICATED_WARNING`."""
+  abstract, shardings = trainer.abstract_state().params, trainer.shardings.params
+  share = parallel.sharded_fraction(abstract, shardings)
+  logging.info("parameters: %.1f%% of their bytes are split over the mesh %s", 100 * share, dict(trainer.mesh.shape))
+  if trainer.mesh.size > 1 and 1 - share > REPLICATED_WARNING:
+    leaves = zip(jax.tree_util.tree_leaves_with_path(abstract), jax.tree.leaves(shardings))
+    whole = [(leaf.size * leaf.dtype.itemsize, jax.tree_util.keystr(path))
+             for (path, leaf), sharding in leaves if sharding.shard_shape(leaf.shape) == tuple(leaf.shape)]
+    largest = ", ".join(name for _, name in sorted(whole, reverse=True)[:3])
+    logging.warning("%.1f%% of the parameter bytes are replicated on every one of the %d devices (largest: %s): "
+                    "check that mesh.logical_axis_rules maps their logical axes onto mesh axes that divide them",
+                    100 * (1 - share), trainer.mesh.size, largest)
+  return share
 
 
 def build_trainer(config: ml_collections.ConfigDict, mesh: Mesh, rules: parallel.Rules, *,

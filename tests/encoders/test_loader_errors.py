@@ -10,7 +10,7 @@ import torch
 from safetensors.numpy import save_file
 
 from configs import base
-from pixelhdm_jax.config import ConfigError
+from pixelhdm_jax.config import ConfigError, validate
 from pixelhdm_jax.encoders.tokenizers import HFTokenizer
 from pixelhdm_jax.encoders.text import build_text_encoder
 from pixelhdm_jax.encoders.teacher import build_dino_teacher
@@ -141,4 +141,4 @@ def test_validate_rejects_bad_encoder_settings(field, value, message):
   section, name = field.split(".")
   config[section][name] = value
   with pytest.raises(ConfigError, match=message):
-    base.validate(config)
+    validate(config)

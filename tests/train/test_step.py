@@ -11,7 +11,7 @@ import pytest
 
 from pixelhdm_jax import parallel
 from pixelhdm_jax.data.pipeline import build_train_loader
-from pixelhdm_jax.train.setup import build_trainer
+from pixelhdm_jax.train.setup import build_trainer, log_param_sharding
 from tests.train.conftest import tiny_run_config
 
 
@@ -72,6 +72,21 @@ def test_frozen_weights_are_an_argument_not_state():
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(trainer.frozen), frozen_before)
     saved_shapes = {leaf.shape for leaf in jax.tree.leaves((state.checkpointed(), state.params, state.ema))}
     assert trainer.frozen["text"]["embed_tokens"]["embedding"].shape not in saved_shapes  # (264, 64): Qwen3's
+
+
+@pytest.mark.parametrize("shape, devices, warned", [((1, 8, 1), 8, True), ((1, 1, 1), 1, False)])
+def test_start_up_reports_the_sharded_share_of_the_parameters(caplog, shape, devices, warned):
+  """The tiny network leaves ~4% of its bytes replicated on 8 devices (e.g. the patch embedding, whose axes no
+  rule maps): logged, and warned about with the largest names; one device replicates everything, silently."""
+  config = tiny_run_config()
+  config.mesh.shape = shape
+  mesh = parallel.create_mesh(config.mesh, jax.devices()[:devices])
+  rules = parallel.logical_rules(config.mesh)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules), caplog.at_level("INFO"):
+    share = log_param_sharding(build_trainer(config, mesh, rules, with_encoder_params=False))
+  assert (0.9 < share < 0.99) if devices == 8 else share == 0.0
+  assert f"{100 * share:.1f}% of their bytes are split over the mesh" in caplog.text
+  assert ("replicated on every one of the 8 devices (largest: ['model']['patch_embed']" in caplog.text) == warned
 
 
 def test_nonfinite_step_changes_nothing():
