@@ -19,20 +19,31 @@ import pytest  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-# The original's micro fixture: `../shared/fixtures/original_micro` beside the checkout, or PIXELHDM_FIXTURES.
+# Fixtures of the original PyTorch PixelHDM: `original_tiny` is committed (every clone runs the parity tests);
+# the larger `original_micro` lies beside the checkout (`../shared/fixtures`, or PIXELHDM_FIXTURES) when available.
 FIXTURES = pathlib.Path(os.environ.get("PIXELHDM_FIXTURES", REPO.parent / "shared" / "fixtures"))
 ORIGINAL_MICRO = FIXTURES / "original_micro"
+ORIGINAL_TINY = REPO / "tests" / "fixtures" / "original_tiny"
+
+
+def _original_fixture(folder: pathlib.Path):
+  """(params.json as a dict, forward.npz as a dict of arrays) of a fixture folder."""
+  import json
+
+  import numpy as np
+  return json.loads((folder / "params.json").read_text()), dict(np.load(folder / "forward.npz"))
+
+
+@pytest.fixture(scope="session")
+def original_tiny():
+  """The original PyTorch model's tiny fixture (`tests/fixtures/original_tiny`, about 2 MB)."""
+  return _original_fixture(ORIGINAL_TINY)
 
 
 @pytest.fixture(scope="session")
 def original_micro():
   """The original PyTorch model's micro-config fixture (`../shared/fixtures/original_micro`), or a skip."""
-  import json
-
-  import numpy as np
   if not (ORIGINAL_MICRO / "forward.npz").exists():
     pytest.skip(f"fixture folder {ORIGINAL_MICRO} is absent (set PIXELHDM_FIXTURES to the folder holding "
-                "original_micro/): parity with the original cannot be checked")
-  arrays = dict(np.load(ORIGINAL_MICRO / "forward.npz"))
-  spec = json.loads((ORIGINAL_MICRO / "params.json").read_text())
-  return spec, arrays
+                "original_micro/): the larger parity check with the original is skipped; original_tiny still runs")
+  return _original_fixture(ORIGINAL_MICRO)

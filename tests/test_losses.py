@@ -6,13 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.fft
-import torch
-import torch.nn.functional as F
 
 from configs import base
 from pixelhdm_jax import config as config_lib
 from pixelhdm_jax import losses
 from pixelhdm_jax.models.repa_projector import RepaProjector
+from tests.helpers import require_torch
 
 # The q=90 tables of the libjpeg scaling of the ITU T.81 Annex K tables (docs/original.md §5).
 Q90_LUMA = np.array([[3, 2, 2, 3, 5, 8, 10, 12], [2, 2, 3, 4, 5, 12, 12, 11], [3, 3, 3, 5, 8, 11, 14, 11],
@@ -100,6 +99,8 @@ def test_losses_match_the_original_fixture(original_micro):
 
 def _torch_repa_loss(features, teacher, kernel, bias, grid):
   """The original's iREPA with torch: Conv2d on the (B, D, h, w) grid, torch.std z-score, 1 - cosine."""
+  torch = require_torch()
+  F = torch.nn.functional  # noqa: N806
   b, length, d = features.shape
   h = torch.from_numpy(np.array(features)).reshape(b, *grid, d).permute(0, 3, 1, 2)
   weight = torch.from_numpy(np.array(kernel)).permute(3, 2, 0, 1)  # HWIO -> OIHW

@@ -59,7 +59,7 @@ def synthetic_batch(tokenizer, batch_size: int, height: int, width: int, seed: i
   return {"images": images, "token_ids": ids, "token_mask": mask}
 
 
-def _timed(step: Callable[[], Any], steps: int, warmup: int) -> list[float]:
+def time_steps(step: Callable[[], Any], steps: int, warmup: int) -> list[float]:
   """Seconds of each of `steps` calls of `step` (which blocks until its outputs are ready), after `warmup`."""
   for _ in range(warmup):
     step()
@@ -88,7 +88,7 @@ def _train(config, mesh, rules, height, width, batch_size, steps, warmup) -> dic
     holder["state"], metrics = compiled(holder["state"], trainer.frozen, batch, rng)
     jax.block_until_ready((holder["state"], metrics))
 
-  times = _timed(step, steps, warmup)
+  times = time_steps(step, steps, warmup)
   text_length = config.text.max_length
   encoder = flops.text_encoder_flops(text_length, trainer.text_encoder.module.arch, config.text.hidden_layer)
   if repa:
@@ -110,7 +110,7 @@ def _sample(config, mesh, rules, height, width, batch_size, steps, warmup) -> di
   started = time.perf_counter()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - started
-  times = _timed(lambda: jax.block_until_ready(compiled(*args)), steps, warmup)
+  times = time_steps(lambda: jax.block_until_ready(compiled(*args)), steps, warmup)
   s = config.sample
   evaluations = solvers.num_evaluations(s.solver, s.num_steps)
   passes = 1 if Guidance.from_config(s).is_off else 2  # guided: conditional and unconditional in one batch

@@ -4,10 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 from pixelhdm_jax.encoders.dinov3 import IMAGENET_MEAN, IMAGENET_STD, DINOv3ViT
 from pixelhdm_jax.encoders.dinov3 import load_dinov3
+from tests.helpers import require_torch
+
+torch = require_torch()
 
 SHAPES = ((2, 32, 48), (1, 48, 16))  # (B, H, W): wide and tall grids
 

@@ -4,12 +4,12 @@ import math
 
 import jax
 import pytest
-import torch
 import transformers
 
 from pixelhdm_jax.encoders import dinov3, qwen3
 from pixelhdm_jax.encoders.dinov3 import DINOv3Arch, DINOv3ViT
 from pixelhdm_jax.encoders.qwen3 import Qwen3Arch, Qwen3Encoder
+from tests.helpers import require_torch
 
 # Qwen3-0.6B config.json: hidden 1024, 28 layers, 16 q / 8 kv heads of 128, MLP 3072, vocab 151936, tied.
 QWEN3_EMBED = 151936 * 1024
@@ -36,6 +36,7 @@ def count(tree):
 def test_qwen3_0_6b_parameter_count():
   abstract = qwen3.abstract_params(Qwen3Encoder(Qwen3Arch()))
   assert count(abstract) == QWEN3_0_6B == 596_049_920
+  torch = require_torch()
   config = transformers.Qwen3Config(vocab_size=151936, hidden_size=1024, intermediate_size=3072,
                                     num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
                                     head_dim=128, tie_word_embeddings=True)
@@ -46,6 +47,7 @@ def test_qwen3_0_6b_parameter_count():
 def test_dinov3_vit_b16_parameter_count():
   abstract = dinov3.abstract_params(DINOv3ViT(DINOv3Arch()))
   assert count(abstract) == VIT_B16 == 85_659_648
+  torch = require_torch()
   config = transformers.DINOv3ViTConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                         num_attention_heads=12, num_register_tokens=4, patch_size=16)
   with torch.device("meta"):

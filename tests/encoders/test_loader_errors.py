@@ -6,7 +6,6 @@ import shutil
 import ml_collections
 import numpy as np
 import pytest
-import torch
 from safetensors.numpy import save_file
 
 from configs import base
@@ -17,6 +16,7 @@ from pixelhdm_jax.encoders.teacher import build_dino_teacher
 from pixelhdm_jax.encoders.dinov3 import load_dinov3
 from pixelhdm_jax.encoders.hf_checkpoint import EncoderCheckpointError, open_safetensors, resolve_checkpoint
 from pixelhdm_jax.encoders.qwen3 import load_qwen3
+from tests.helpers import require_torch
 
 
 def copy_checkpoint(source, target, config=None, tensors=None):
@@ -95,6 +95,7 @@ def test_unsupported_qwen3_setting(hf_qwen3, tmp_path):
 def test_meta_pth_errors(tmp_path):
   with pytest.raises(EncoderCheckpointError, match="checkpoint file .*absent.pth' does not exist"):
     load_dinov3(tmp_path / "absent.pth")
+  torch = require_torch()
   torch.save({"encoder.weight": torch.zeros(2)}, tmp_path / "other.pth")
   with pytest.raises(EncoderCheckpointError,
                      match=r"wrong architecture .*not a DINOv3 ViT state dict \(missing \['cls"):

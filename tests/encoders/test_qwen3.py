@@ -6,13 +6,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 import transformers
 
 from pixelhdm_jax.encoders.qwen3 import Qwen3Encoder
 from pixelhdm_jax.encoders.hf_checkpoint import open_safetensors
 from pixelhdm_jax.encoders.qwen3 import load_qwen3
-from tests.encoders.conftest import qwen3_config, randomize
+from tests.helpers import hf_qwen3_config, randomize, require_torch
+
+torch = require_torch()
 
 LENGTHS = (0, 3, 9, 5)  # an empty prompt, a full row (T = 9) and padded rows
 T = 9
@@ -75,7 +76,7 @@ def test_sharded_checkpoint_loads_the_same(hf_qwen3, tmp_path):
 
 def test_causal_lm_checkpoint_with_tied_embeddings(tmp_path):
   """The hub layout of Qwen3-0.6B: `Qwen3ForCausalLM`, names under `model.`, LM head tied (skipped)."""
-  model = randomize(transformers.Qwen3ForCausalLM(qwen3_config(num_hidden_layers=2, tie_word_embeddings=True)), 2)
+  model = randomize(transformers.Qwen3ForCausalLM(hf_qwen3_config(num_hidden_layers=2, tie_word_embeddings=True)), 2)
   model.save_pretrained(tmp_path)
   assert "model.embed_tokens.weight" in open_safetensors(tmp_path)
   ids, mask = padded_batch()
@@ -86,7 +87,7 @@ def test_causal_lm_checkpoint_with_tied_embeddings(tmp_path):
 
 
 def test_bfloat16_checkpoint_is_read_as_float32(tmp_path):
-  model = randomize(transformers.Qwen3Model(qwen3_config(num_hidden_layers=1)), 3).to(torch.bfloat16)
+  model = randomize(transformers.Qwen3Model(hf_qwen3_config(num_hidden_layers=1)), 3).to(torch.bfloat16)
   model.save_pretrained(tmp_path)
   _, params = load_qwen3(tmp_path)
   kernel = params["layers"]["self_attn"]["q_proj"]["kernel"][0]

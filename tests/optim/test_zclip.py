@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pixelhdm_jax.optim import zclip
+from tests.helpers import global_norm
 
 
 class PublishedZClip:
@@ -113,11 +114,6 @@ def _run(tx, reference, norms):
       np.testing.assert_allclose(state.mean, reference.mean, rtol=2e-6, err_msg=f"step {step}")
       np.testing.assert_allclose(state.var, reference.var, rtol=2e-4, atol=1e-6, err_msg=f"step {step}")
   return state
-
-
-def global_norm(tree):
-  """L2 norm over every leaf, in Python floats (the reference for the library's optax.tree.norm)."""
-  return math.sqrt(sum(float(jnp.sum(jnp.square(x))) for x in jax.tree.leaves(tree)))
 
 
 @pytest.mark.parametrize("kwargs", [

@@ -1,6 +1,7 @@
 """launch/bench.py's library on the tiny preset: every reported key, with values that agree with each other."""
 
 import json
+import time
 
 import pytest
 from absl import flags
@@ -33,10 +34,7 @@ def _check_common(result, tmp_path):
   assert result["height"] == result["width"] == SIZE and result["batch_size"] == BATCH
   assert result["compile_s"] > 0 and result["step_time_s"] > 0
   assert result["step_time_min_s"] <= result["step_time_s"] <= max(result["step_times_s"])
-  assert result["images_per_s"] == pytest.approx(BATCH / result["step_time_s"])
-  per_device = result["model_flops_per_step"] / result["step_time_s"] / result["num_devices"] / 1e12
-  assert result["tflops_per_device"] == pytest.approx(per_device)
-  assert result["tflops_per_device_with_encoders"] > result["tflops_per_device"] > 0
+  assert result["images_per_s"] > 0 and result["tflops_per_device_with_encoders"] > result["tflops_per_device"] > 0
   assert result["mfu"] is None and result["mfu_with_encoders"] is None  # CPU: no peak FLOP/s in the table
   memory = result["memory_per_device"]
   assert result["peak_memory_bytes"] == memory["peak_bytes"] > memory["argument_bytes"] > 0
@@ -64,6 +62,20 @@ def test_sample_benchmark(tmp_path):
   assert result["network_passes"] == passes
   forward = flops.forward_flops(config.model, SIZE, SIZE, 32).total
   assert result["model_flops_per_step"] == pytest.approx(BATCH * passes * forward)
+
+
+def test_a_fake_step_of_known_duration():
+  """The timing loop measures what a step takes: a step that sleeps 20 ms is timed at 20 ms or a little more;
+  the rates of a known step: 8 images and 2 TFLOP in 0.5 s on 2 H100s are 16 images/s, 2 TFLOP/s per device and
+  2 / 989 of the H100's dense bf16 peak."""
+  calls = []
+  times = bench.time_steps(lambda: (calls.append(1), time.sleep(0.02)), steps=3, warmup=2)
+  assert len(calls) == 5 and len(times) == 3
+  assert all(0.02 <= t < 0.5 for t in times), times
+  rates = flops.throughput(2e12, 0.5, 8, "NVIDIA H100 80GB HBM3", num_devices=2)
+  assert rates.images_per_s == 16.0 and rates.tflops_per_device == 2.0
+  assert rates.mfu == pytest.approx(2 / 989, rel=1e-9)
+  assert flops.throughput(2e12, 0.5, 8, "cpu", 1).mfu is None  # no peak to compare with
 
 
 def test_bad_requests_are_clear_errors():

@@ -14,7 +14,7 @@ import pytest
 
 from pixelhdm_jax.weights.inference import CheckpointError
 from pixelhdm_jax.train.loop import train_and_evaluate
-from tests.train.conftest import tiny_run_config
+from tests.helpers import tiny_run_config
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 

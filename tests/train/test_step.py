@@ -12,7 +12,7 @@ import pytest
 from pixelhdm_jax import parallel
 from pixelhdm_jax.data.pipeline import build_train_loader
 from pixelhdm_jax.train.setup import build_trainer, log_param_sharding
-from tests.train.conftest import tiny_run_config
+from tests.helpers import tiny_run_config
 
 
 @contextlib.contextmanager

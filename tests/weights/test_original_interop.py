@@ -1,4 +1,4 @@
-"""Original PyTorch checkpoints in, original-layout safetensors out: the micro fixture through
+"""Original PyTorch checkpoints in, original-layout safetensors out: the tiny fixture through
 `launch/convert.py` and `launch/export.py`, the round trip, and every error a user can hit."""
 
 import json
@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import safetensors.numpy
-import torch
 
 from configs import base
 from pixelhdm_jax.models.pixelhdm import PixelHDM, abstract_params
@@ -21,8 +20,9 @@ from pixelhdm_jax.weights import interop
 from pixelhdm_jax.weights.inference import config_json, load_for_inference
 from pixelhdm_jax.weights.original import OriginalWeightsError, export_state_dict, import_state_dict
 from pixelhdm_jax.weights.original_config import OriginalConfigError, config_from_original
-from tests.models.original_micro import micro_config, micro_inputs
+from tests.helpers import original_config, original_inputs, require_torch
 
+torch = require_torch()  # the original's checkpoints are torch files
 REPO = pathlib.Path(__file__).resolve().parents[2]
 ARCHITECTURE = ("hidden_dim", "pixel_dim", "patch_size", "patch_layers", "pixel_layers", "num_heads", "num_kv_heads",
                 "mlp_ratio", "bottleneck_dim", "time_embed_dim", "mrope_split", "mrope_theta", "repa_align_layer",
@@ -50,9 +50,9 @@ def _assert_trees_equal(a, b):
 
 
 @pytest.fixture(scope="module")
-def original_pt(original_micro, tmp_path_factory):
+def original_pt(original_tiny, tmp_path_factory):
   """The fixture as the original's training checkpoint: aliases, an unused DINO projector key, its config."""
-  spec, arrays = original_micro
+  spec, arrays = original_tiny
   model = {**_state_dict(spec, arrays), "_dino_projector.0.weight": torch.zeros(8, 8)}
   path = tmp_path_factory.mktemp("original") / "checkpoint_step_10.pt"
   torch.save({"model": model, "config": spec["config"], "state": {"step": 10}}, path)
@@ -76,17 +76,18 @@ def exported(imported, tmp_path_factory):
   return output
 
 
-def test_imported_checkpoint_reproduces_the_original_output(original_micro, imported):
-  spec, arrays = original_micro
+def test_imported_checkpoint_reproduces_the_original_output(original_tiny, imported):
+  spec, arrays = original_tiny
   output, stdout = imported
   config, params, step = load_for_inference(output)
   assert step == 10
-  expected = micro_config(spec).model
+  expected = original_config(spec).model
   assert {f: tuple(config.model[f]) if f == "mrope_split" else config.model[f] for f in ARCHITECTURE} == {
       f: tuple(expected[f]) if f == "mrope_split" else expected[f] for f in ARCHITECTURE}
-  assert config.text.max_length == 511 and config.loss.repa_lambda == 0.5 and config.flow.t_eps == 0.05
+  assert config.text.max_length == spec["config"]["text_max_length"] == 8
+  assert config.loss.repa_lambda == 0.5 and config.flow.t_eps == 0.05
   velocity = PixelHDM.from_config(config.model, dtype=jnp.float32).apply({"params": params},
-                                                                         *micro_inputs(arrays)).velocity
+                                                                         *original_inputs(arrays)).velocity
   reference = np.asarray(arrays["out/v"], np.float64)
   error = np.max(np.abs(np.asarray(velocity, np.float64) - reference)) / np.max(np.abs(reference))
   assert error < 1e-5, f"out/v: max error relative to max |value| = {error:.2e}"
@@ -96,8 +97,8 @@ def test_imported_checkpoint_reproduces_the_original_output(original_micro, impo
   assert "not mapped" in stdout and "cfg_dropout=0.1" in stdout and "gate_type" not in stdout
 
 
-def test_export_has_the_original_names_shapes_and_values(original_micro, exported):
-  spec, arrays = original_micro
+def test_export_has_the_original_names_shapes_and_values(original_tiny, exported):
+  spec, arrays = original_tiny
   tensors = safetensors.numpy.load_file(exported / "model.safetensors")
   assert sorted(tensors) == sorted(spec["parameters"])
   for name, info in spec["parameters"].items():
@@ -119,8 +120,8 @@ def test_round_trip_import_export_import_is_the_identity(imported, exported, tmp
     _assert_trees_equal(params, first[1])
 
 
-def test_ema_weights_by_default_raw_on_request(original_micro, tmp_path):
-  spec, arrays = original_micro
+def test_ema_weights_by_default_raw_on_request(original_tiny, tmp_path):
+  spec, arrays = original_tiny
   shadow = {name: torch.from_numpy(2 * arrays["param/" + name]) for name in spec["parameters"]}
   path = tmp_path / "with_ema.pt"
   torch.save({"model": _state_dict(spec, arrays), "ema": {"shadow": shadow, "decay": 0.999},
@@ -132,20 +133,20 @@ def test_ema_weights_by_default_raw_on_request(original_micro, tmp_path):
   np.testing.assert_array_equal(ema.params["output_proj"]["kernel"], 2 * raw.params["output_proj"]["kernel"])
 
 
-def test_bare_state_dict_needs_a_config(original_micro, tmp_path):
-  spec, arrays = original_micro
+def test_bare_state_dict_needs_a_config(original_tiny, tmp_path):
+  spec, arrays = original_tiny
   torch.save(_state_dict(spec, arrays), tmp_path / "bare.pt")
   result = _run("convert.py", "import-original", f"--input={tmp_path / 'bare.pt'}", f"--output={tmp_path / 'out'}")
   assert result.returncode != 0
   assert "holds no config: describe the network with --config=configs/base.py:PRESET" in result.stderr
-  imported = interop.import_original(interop.read_original(tmp_path / "bare.pt"), micro_config(spec))
+  imported = interop.import_original(interop.read_original(tmp_path / "bare.pt"), original_config(spec))
   np.testing.assert_array_equal(imported.params["pixel_embed"]["proj"]["kernel"],
                                 arrays["param/pixel_embed.proj.weight"].T)
 
 
 @pytest.fixture(scope="module")
-def micro_abstract(original_micro):
-  return abstract_params(PixelHDM.from_config(micro_config(original_micro[0]).model))
+def original_abstract(original_tiny):
+  return abstract_params(PixelHDM.from_config(original_config(original_tiny[0]).model))
 
 
 def _edited(spec, arrays, edit: str) -> dict:
@@ -153,7 +154,7 @@ def _edited(spec, arrays, edit: str) -> dict:
   if edit == "unknown":
     state_dict["patch_blocks.0.attention.extra.weight"] = np.zeros((4, 4), np.float32)
   elif edit == "extra layer":
-    state_dict["patch_blocks.2.pre_attn_norm.weight"] = np.ones(128, np.float32)
+    state_dict["patch_blocks.2.pre_attn_norm.weight"] = np.ones(64, np.float32)
   elif edit == "missing":
     del state_dict["output_proj.proj.bias"]
   elif edit == "missing layer":
@@ -176,14 +177,14 @@ def _edited(spec, arrays, edit: str) -> dict:
     ("alias differs", ("patch_blocks.1.attention.q_proj.weight is an alias of "
                        "patch_blocks.1.attention.qkv_proj.q_proj.weight but holds different values")),
 ])
-def test_state_dict_errors_name_the_tensor(original_micro, micro_abstract, edit, message):
+def test_state_dict_errors_name_the_tensor(original_tiny, original_abstract, edit, message):
   with pytest.raises(OriginalWeightsError) as error:
-    import_state_dict(_edited(*original_micro, edit), micro_abstract)
+    import_state_dict(_edited(*original_tiny, edit), original_abstract)
   assert message in str(error.value)
 
 
-def test_convert_prints_every_problem(original_micro, tmp_path):
-  spec, arrays = original_micro
+def test_convert_prints_every_problem(original_tiny, tmp_path):
+  spec, arrays = original_tiny
   state_dict = _edited(spec, arrays, "unknown")
   state_dict.update({k: v for k, v in _edited(spec, arrays, "mis-shaped").items() if k.endswith("up_proj.weight")})
   del state_dict["output_proj.proj.bias"]
@@ -196,8 +197,8 @@ def test_convert_prints_every_problem(original_micro, tmp_path):
   assert not (tmp_path / "out").exists()
 
 
-def test_unsupported_original_architecture_is_rejected(original_micro):
-  spec, _ = original_micro
+def test_unsupported_original_architecture_is_rejected(original_tiny):
+  spec, _ = original_tiny
   with pytest.raises(OriginalConfigError, match="gate_type='elementwise' \\(supported: 'headwise'\\)"):
     config_from_original({**spec["config"], "gate_type": "elementwise"}, base.get_config("default"))
 
