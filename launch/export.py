@@ -12,8 +12,8 @@ weights, and OUT/config.json with the original's config fields. See docs/interop
 
 from absl import app, flags, logging
 
-from pixelhdm_jax.weights.inference import CheckpointError
 from pixelhdm_jax.weights import interop
+from pixelhdm_jax.weights.inference import CheckpointError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir or inference checkpoint.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "Folder that receives the export.", required=True)

@@ -71,7 +71,7 @@ def plot_metrics(workdir: str | pathlib.Path, keys: Sequence[str] = ("loss", "lo
     print(f"no metrics in {pathlib.Path(workdir) / 'metrics.jsonl'} yet")
     return rows
   try:
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    import matplotlib.pyplot as plt
   except ImportError:
     print("step  " + "  ".join(f"{k:>14}" for k in keys))
     for row in rows[:: max(1, len(rows) // 20)] + ([rows[-1]] if len(rows) > 20 else []):
@@ -94,7 +94,7 @@ def sample_grids(workdir: str | pathlib.Path) -> list[pathlib.Path]:
 def show_images(images: Iterable[Image.Image | np.ndarray | str | pathlib.Path]) -> None:
   """Displays images (PIL, uint8 arrays or PNG paths) in the notebook; outside IPython prints their sizes."""
   try:
-    from IPython.display import display  # pylint: disable=import-outside-toplevel
+    from IPython.display import display
   except ImportError:
     display = None
   shown = 0

@@ -80,7 +80,7 @@ def place_params(params: Any, abstract_params: Any, mesh: Mesh, rules: Rules,
 
 def strip_boxes(tree: Any) -> Any:
   """Removes the logical-axis boxes without adding sharding constraints (safe on abstract values)."""
-  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
+  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
   return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree, is_leaf=is_box)
 
 

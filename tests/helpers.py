@@ -54,7 +54,7 @@ def randomize(model, seed: int):
 
 
 def hf_qwen3_config(**overrides):
-  import transformers  # pylint: disable=import-outside-toplevel
+  import transformers
   fields = dict(vocab_size=257, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
                 num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6,
                 rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0})
@@ -63,7 +63,7 @@ def hf_qwen3_config(**overrides):
 
 
 def hf_dinov3_config(**overrides):
-  import transformers  # pylint: disable=import-outside-toplevel
+  import transformers
   fields = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                 num_register_tokens=4, patch_size=16, image_size=32)
   fields.update(overrides)

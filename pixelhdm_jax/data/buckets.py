@@ -8,6 +8,7 @@ docs/original.md §8 (`bucket/generator/*.py` and `generator/matching.py` of the
 from __future__ import annotations
 
 import math
+
 import numpy as np
 
 # Width / height ratios tried by the original, in its order.

@@ -345,8 +345,8 @@ def format_report(report: dict) -> str:
   if report.get("up_to_date"):
     return (f"{report['output_dir']} is up to date with {report['images_dir']}: nothing to do "
             f"({report['splits']}).")
-  lines = [f"{report['files']} files: {report['kept']} kept, {report['converted']} converted, "
-           f"{report['skipped']} skipped; splits {report['splits']}"]
+  lines = [(f"{report['files']} files: {report['kept']} kept, {report['converted']} converted, "
+            f"{report['skipped']} skipped; splits {report['splits']}")]
   for title, key in (("converted", "converted_reasons"), ("skipped", "skipped_reasons"),
                      ("caption issues", "caption_issues")):
     if report[key]:

@@ -82,7 +82,7 @@ def read_meta_checkpoint(path: pathlib.Path) -> dict[str, np.ndarray]:
   if not path.is_file():
     raise EncoderCheckpointError(f"DINOv3 checkpoint file {str(path)!r} does not exist")
   try:
-    import torch  # pylint: disable=import-outside-toplevel
+    import torch
   except ImportError as error:
     raise EncoderCheckpointError(f"reading {str(path)!r} needs torch (pip install 'pixelhdm_jax[torch]'), or use "
                                  "a Hugging Face directory with safetensors") from error

@@ -49,7 +49,7 @@ def resolve_checkpoint(section: ml_collections.ConfigDict, field: str, what: str
                                    f"local copy of {what}")
     return path
   if section.hub_id and section.allow_download:
-    from huggingface_hub import snapshot_download  # pylint: disable=import-outside-toplevel
+    from huggingface_hub import snapshot_download
     return pathlib.Path(snapshot_download(section.hub_id, allow_patterns=["*.json", "*.safetensors", "*.txt"]))
   download = (f", or pass --config.{field}.allow_download=True to fetch {section.hub_id} from the Hugging Face "
               "hub" if section.hub_id else "")

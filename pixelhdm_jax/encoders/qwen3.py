@@ -22,8 +22,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pixelhdm_jax.encoders.hf_checkpoint import (EncoderCheckpointError, TensorRule, load_params, open_safetensors,
-                                                 read_config)
+from pixelhdm_jax.encoders.hf_checkpoint import (
+  EncoderCheckpointError,
+  TensorRule,
+  load_params,
+  open_safetensors,
+  read_config,
+)
 from pixelhdm_jax.encoders.transformer import apply_rotate_half, layer_stack
 from pixelhdm_jax.models.layers import ACTIVATION_AXES, Dtype, RMSNorm, SwiGLU, abstract_key, dense
 

@@ -17,8 +17,17 @@ import ml_collections
 import numpy as np
 
 from pixelhdm_jax.encoders.hf_checkpoint import EncoderCheckpointError, read_config, resolve_checkpoint
-from pixelhdm_jax.encoders.qwen3 import (ARCHITECTURES, MODEL_TYPE, QWEN3_0_6B, Qwen3Arch, Qwen3Encoder, TextEncoding,
-                                         abstract_params, arch_from_config, load_qwen3)
+from pixelhdm_jax.encoders.qwen3 import (
+  ARCHITECTURES,
+  MODEL_TYPE,
+  QWEN3_0_6B,
+  Qwen3Arch,
+  Qwen3Encoder,
+  TextEncoding,
+  abstract_params,
+  arch_from_config,
+  load_qwen3,
+)
 from pixelhdm_jax.encoders.tokenizers import QWEN3_FILES, ByteTokenizer, Tokenizer, build_tokenizer
 from pixelhdm_jax.encoders.transformer import RANDOM_SOURCES, random_params
 from pixelhdm_jax.errors import ConfigError

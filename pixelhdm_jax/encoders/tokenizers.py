@@ -13,8 +13,8 @@ from typing import Protocol, Sequence
 import ml_collections
 import numpy as np
 
-from pixelhdm_jax.encoders.transformer import RANDOM_SOURCES
 from pixelhdm_jax.encoders.hf_checkpoint import EncoderCheckpointError, resolve_checkpoint
+from pixelhdm_jax.encoders.transformer import RANDOM_SOURCES
 
 VOCABULARY_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model")
 QWEN3_FILES = "a Qwen3 checkpoint such as Qwen3-0.6B (config.json, *.safetensors and the tokenizer files)"
@@ -57,7 +57,7 @@ class HFTokenizer:
   """
 
   def __init__(self, directory: pathlib.Path | str, max_length: int):
-    from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
+    from transformers import AutoTokenizer
     if max_length <= 0:
       raise ValueError(f"max_length must be positive, got {max_length}")
     directory = pathlib.Path(directory)

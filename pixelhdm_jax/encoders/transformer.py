@@ -62,7 +62,7 @@ def place_frozen(encoder: Frozen, params: Any, mesh: Mesh | None = None, rules: 
   of every step: split over `mesh` by their logical axes (each device receiving only its slice), or on the
   default device without a mesh. The caller drops its host copy afterwards. On accelerators the compute dtype
   is bfloat16, which halves their memory; on CPU it is float32 and nothing changes."""
-  cast = lambda x: x.astype(_in_compute_dtype(encoder, x.dtype))  # noqa: E731
+  cast = lambda x: x.astype(_in_compute_dtype(encoder, x.dtype))
   if mesh is None:
     return jax.device_put(jax.tree.map(lambda x: cast(np.asarray(x)), params))
   placed, _ = parallel.place_params(params, encoder.abstract_params(), mesh, rules, cast=cast)

@@ -25,8 +25,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from pixelhdm_jax.perf import target
 from pixelhdm_jax.kernels.sharded import run_sharded
+from pixelhdm_jax.perf import target
 
 AttentionFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array | None], jax.Array]
 

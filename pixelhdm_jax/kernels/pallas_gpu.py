@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental.pallas.ops.gpu import attention as gpu_attention
 
-from pixelhdm_jax.perf import target
 from pixelhdm_jax.kernels.padding import pad_sequence, round_up, segment_ids
+from pixelhdm_jax.perf import target
 
 MAX_BLOCK = 128  # forward tile along both sequences (the kernel's default)
 MAX_BACKWARD_BLOCK = 32  # dq and dk/dv tiles (the kernel's defaults)

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash_kernel
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
 
-from pixelhdm_jax.perf import target
 from pixelhdm_jax.kernels.padding import pad_sequence, round_up, segment_ids
+from pixelhdm_jax.perf import target
 
 LANES = 128  # TPU tiles are multiples of 128 along the sequence
 BLOCKS = (512, 256, 128)  # tried in order; the first that divides the padded length is used

@@ -20,12 +20,10 @@ import jax.numpy as jnp
 import ml_collections
 
 from pixelhdm_jax.models import remat
-from pixelhdm_jax.models.blocks import (PatchBlock, PixelBlock, patch_residual_scale,
-                                        pixel_residual_scale)
+from pixelhdm_jax.models.blocks import PatchBlock, PixelBlock, patch_residual_scale, pixel_residual_scale
 from pixelhdm_jax.models.embeddings import PatchEmbedding, PixelEmbedding, TimeEmbedding, unpatchify
 from pixelhdm_jax.models.layers import ACTIVATION_AXES, Dtype, RMSNorm, abstract_key, compute_dtype, dense
 from pixelhdm_jax.models.rope import grid_positions, rope_tables, text_positions
-
 
 
 class PixelHDMOutput(NamedTuple):
@@ -38,7 +36,7 @@ class PatchStep(PatchBlock):
   """One patch block as a scan step: carry (x, repa_features, block index)."""
   tap_index: int = 0
 
-  def __call__(self, carry, t_emb, rope, key_mask):  # pylint: disable=arguments-renamed
+  def __call__(self, carry, t_emb, rope, key_mask):
     x, features, index = carry
     x = nn.with_logical_constraint(super().__call__(x, t_emb, rope, key_mask), ACTIVATION_AXES)
     features = jnp.where(index == self.tap_index, x[:, :features.shape[1]], features)
@@ -48,7 +46,7 @@ class PatchStep(PatchBlock):
 class PixelStep(PixelBlock):
   """One pixel block as a scan step: carry (x, gamma-L2 sum)."""
 
-  def __call__(self, carry, s_cond, rope):  # pylint: disable=arguments-renamed
+  def __call__(self, carry, s_cond, rope):
     x, gamma_l2 = carry
     x, block_gamma_l2 = super().__call__(x, s_cond, rope)
     x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", None, None))

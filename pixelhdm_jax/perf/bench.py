@@ -101,7 +101,7 @@ def _train(config, mesh, rules, height, width, batch_size, steps, warmup) -> dic
 def _sample(config, mesh, rules, height, width, batch_size, steps, warmup) -> dict[str, Any]:
   model = PixelHDM.from_config(config.model)
   shardings = parallel.param_shardings(abstract_params(model), mesh, rules)
-  init = lambda key: nn.meta.unbox(model.init(key, *example_inputs(model))["params"])  # noqa: E731
+  init = lambda key: nn.meta.unbox(model.init(key, *example_inputs(model))["params"])
   params = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
   text_encoder, host_params = build_text_encoder(config)
   pipeline = Pipeline(config, params, text_encoder, place_frozen(text_encoder, host_params, mesh, rules), mesh=mesh)

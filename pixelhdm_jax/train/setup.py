@@ -24,8 +24,14 @@ from pixelhdm_jax.encoders.transformer import frozen_shapes, place_frozen
 from pixelhdm_jax.models.pixelhdm import PixelHDM
 from pixelhdm_jax.models.repa_projector import RepaProjector
 from pixelhdm_jax.optim.optimizer import make_optimizer
-from pixelhdm_jax.train.state import (Networks, TrainState, abstract_state, create_train_state, replicated,
-                                      state_shardings)
+from pixelhdm_jax.train.state import (
+  Networks,
+  TrainState,
+  abstract_state,
+  create_train_state,
+  replicated,
+  state_shardings,
+)
 from pixelhdm_jax.train.step import BATCH_KEYS, jit_train_step
 
 

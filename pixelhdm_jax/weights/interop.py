@@ -69,7 +69,7 @@ def _read_safetensors(path: pathlib.Path) -> OriginalCheckpoint:
 
 def _read_torch(path: pathlib.Path, use_ema: bool) -> OriginalCheckpoint:
   try:
-    import torch  # pylint: disable=import-outside-toplevel
+    import torch
   except ImportError as error:
     raise ConversionError(f"reading {path} needs torch: pip install -e '.[torch]'") from error
   if not path.is_file():

@@ -28,7 +28,7 @@ def test_tiny_buckets():
 def test_every_bucket_respects_limits():
   buckets = AspectRatioBucket(256, 1024, 16, 2.0)
   for w, h in buckets.buckets:
-    assert w % 16 == 0 and h % 16 == 0 and 256 <= min(w, h) and max(w, h) <= 1024
+    assert w % 16 == 0 and h % 16 == 0 and min(w, h) >= 256 and max(w, h) <= 1024
     assert 0.5 - 1e-9 <= w / h <= 2.0 + 1e-9
   pixels = [w * h for w, h in buckets.buckets]
   assert pixels == sorted(pixels)

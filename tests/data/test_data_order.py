@@ -49,7 +49,7 @@ def test_sequential_is_ascending_buckets_in_dataset_order():
   indices, buckets = s.epoch(0)
   assert runs(buckets) == [0, 1, 3, 5]  # bucket 2 has no full batch
   for bucket in (0, 1, 3, 5):
-    members = np.flatnonzero(BUCKET_IDS == bucket)
+    members = np.flatnonzero(bucket == BUCKET_IDS)
     taken = indices[buckets == bucket].reshape(-1)
     np.testing.assert_array_equal(taken, members[:len(taken)])
   np.testing.assert_array_equal(s.epoch(1)[0], indices)

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixelhdm_jax.data import AspectRatioBucket, FolderSource, build_train_loader
-from pixelhdm_jax.data import prepare
+from pixelhdm_jax.data import AspectRatioBucket, FolderSource, build_train_loader, prepare
 from pixelhdm_jax.encoders.tokenizers import ByteTokenizer
 from tests.data import bad_corpus
 

@@ -5,8 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pixelhdm_jax.encoders.dinov3 import IMAGENET_MEAN, IMAGENET_STD, DINOv3ViT
-from pixelhdm_jax.encoders.dinov3 import load_dinov3
+from pixelhdm_jax.encoders.dinov3 import IMAGENET_MEAN, IMAGENET_STD, DINOv3ViT, load_dinov3
 from tests.helpers import require_torch
 
 torch = require_torch()

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import transformers
 
-from pixelhdm_jax.encoders.qwen3 import Qwen3Encoder
 from pixelhdm_jax.encoders.hf_checkpoint import open_safetensors
-from pixelhdm_jax.encoders.qwen3 import load_qwen3
+from pixelhdm_jax.encoders.qwen3 import Qwen3Encoder, load_qwen3
 from tests.helpers import hf_qwen3_config, randomize, require_torch
 
 torch = require_torch()

@@ -9,11 +9,11 @@ import pytest
 
 from configs import base
 from pixelhdm_jax import config as config_lib
-from pixelhdm_jax.models.repa_projector import RepaProjector
 from pixelhdm_jax.models.pixelhdm import PixelHDM
-from tests.helpers import global_norm
+from pixelhdm_jax.models.repa_projector import RepaProjector
 from pixelhdm_jax.optim import ema, optimizer
 from pixelhdm_jax.optim.zclip import ZClipState
+from tests.helpers import global_norm
 
 
 def _config(**optim):

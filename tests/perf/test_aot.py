@@ -100,7 +100,7 @@ def test_random_full_encoders_have_the_real_shapes_without_allocating():
   text, text_params = build_text_encoder(config, with_params=False)
   dino, dino_params = build_dino_teacher(config, with_params=False)
   assert text_params is None and dino_params is None
-  count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
+  count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
   assert 590e6 < count(text.abstract_params()) < 600e6  # Qwen3-0.6B without the LM head
   assert 85e6 < count(dino.abstract_params()) < 87e6  # ViT-B/16
   assert text.module.arch == QWEN3_0_6B and dino.module.arch == DINOV3_VITB16  # the sizes flops.py counts

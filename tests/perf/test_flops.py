@@ -77,7 +77,7 @@ def _network_programs(preset: str, height: int, width: int, text_len: int):
   inputs = (jnp.zeros((1, height, width, 3)), jnp.zeros((1,)), jnp.zeros((1, text_len, model_config.text_dim)),
             jnp.ones((1, text_len), bool), jnp.zeros((1, model_config.text_dim)))
   params = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), *inputs)["params"])
-  loss = lambda p: jnp.sum(model.apply({"params": p}, *inputs).velocity)  # noqa: E731
+  loss = lambda p: jnp.sum(model.apply({"params": p}, *inputs).velocity)
   return (program_flops(jax.make_jaxpr(loss)(params).jaxpr),
           program_flops(jax.make_jaxpr(jax.value_and_grad(loss))(params).jaxpr))
 

@@ -126,4 +126,4 @@ def test_seed_and_guidance_scale_do_not_recompile():
   fresh = Pipeline(config, random_params(PixelHDM.from_config(config.model)), *build_text_encoder(config))
   for seed, scale in ((0, 4.0), (1, 5.0), (2, 2.5)):
     fresh.generate(request(seed=seed, guidance=Guidance(scale=scale)))
-  assert fresh._sample_batch._cache_size() == 1  # pylint: disable=protected-access
+  assert fresh._sample_batch._cache_size() == 1

@@ -62,7 +62,7 @@ def test_converges_at_theoretical_order(solver, shift):
 
 def _original_dpmpp(velocity, z, ts):
   """The original's DPMPPSampler (docs/original.md §9), alpha-ratio bug included."""
-  lam = lambda t: np.log(t / (1 - t))  # noqa: E731
+  lam = lambda t: np.log(t / (1 - t))
   x_prev = None
   for i in range(len(ts) - 1):
     t, t_next = ts[i], ts[i + 1]

@@ -12,8 +12,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from pixelhdm_jax.weights.inference import CheckpointError
 from pixelhdm_jax.train.loop import train_and_evaluate
+from pixelhdm_jax.weights.inference import CheckpointError
 from tests.helpers import tiny_run_config
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -169,7 +169,7 @@ def test_gradient_accumulation_counts_optimizer_steps_and_resumes(tmp_path):
 def test_too_many_nonfinite_steps_stop_the_run():
   from pixelhdm_jax.train import loop
   config = tiny_run_config(max_nonfinite_steps=3)
-  pending = loop._Pending()  # pylint: disable=protected-access
+  pending = loop._Pending()
   timer = {"time": None, "step": None}
 
   class Bar:
@@ -181,10 +181,10 @@ def test_too_many_nonfinite_steps_stop_the_run():
       pass
 
   pending.set({"loss": np.nan, "nonfinite": 2.0}, 4, (8, 32, 32, 3), timed=False)
-  loop._report(config, pending, timer, writer=Writer(), bar=Bar())  # pylint: disable=protected-access
+  loop._report(config, pending, timer, writer=Writer(), bar=Bar())
   pending.set({"loss": np.nan, "nonfinite": 3.0}, 5, (8, 32, 32, 3), timed=False)
   with pytest.raises(loop.NonFiniteError, match="3 consecutive steps up to step 5 had a non-finite loss"):
-    loop._report(config, pending, timer, writer=Writer(), bar=Bar())  # pylint: disable=protected-access
+    loop._report(config, pending, timer, writer=Writer(), bar=Bar())
 
 
 def test_metrics_are_read_in_full_only_on_logged_steps():
@@ -200,11 +200,11 @@ def test_metrics_are_read_in_full_only_on_logged_steps():
     def __getattr__(self, name):
       return lambda *args, **kwargs: None
 
-  pending, timer = loop._Pending(), {"time": None, "step": None}  # pylint: disable=protected-access
+  pending, timer = loop._Pending(), {"time": None, "step": None}
   pending.set({"loss": Unread(), "nonfinite": 0}, 2, (8, 32, 32, 3), timed=False)  # optimizer step 3
-  assert loop._report(config, pending, timer, writer=Quiet(), bar=Quiet()) is None  # pylint: disable=protected-access
+  assert loop._report(config, pending, timer, writer=Quiet(), bar=Quiet()) is None
   pending.set({"loss": 1.5, "nonfinite": 0}, 4, (8, 32, 32, 3), timed=True)  # optimizer step 5: logged
-  values = loop._report(config, pending, timer, writer=Quiet(), bar=Quiet())  # pylint: disable=protected-access
+  values = loop._report(config, pending, timer, writer=Quiet(), bar=Quiet())
   assert values["loss"] == 1.5 and values["images_per_s"] > 0 and values["step_time_s"] > 0
 
 
