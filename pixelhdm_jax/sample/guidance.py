@@ -67,7 +67,7 @@ def in_interval(t: jax.Array, interval: tuple[float, float]) -> jax.Array:
   return (t >= lo) & (t < hi)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class GuidanceSpec:
   """The static part of classifier-free guidance, compiled into the sampling loop (the scale is an input).
 
@@ -95,18 +95,11 @@ class GuidanceSpec:
     return jnp.where(_expand(in_interval(t, self.interval), v), v, v_cond)
 
 
-@dataclasses.dataclass(frozen=True)
-class Guidance:
-  """Classifier-free guidance settings of a request: the scale (w at t = 0; 1 is no guidance, 0 the
-  unconditional model) and the rest (`GuidanceSpec`'s fields)."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Guidance(GuidanceSpec):
+  """Classifier-free guidance settings of a request: `GuidanceSpec`'s fields and the scale, w at t = 0 (1 is no
+  guidance, 0 the unconditional model)."""
   scale: float = 4.0
-  rescale: float = 0.0
-  interval: tuple[float, float] = (0.0, 1.0)
-  schedule: str = "constant"
-  min_scale: float = 1.0
-
-  def __post_init__(self):
-    _check_schedule(self.schedule)
 
   @classmethod
   def from_config(cls, sample_config: ml_collections.ConfigDict) -> Guidance:
@@ -125,7 +118,8 @@ class Guidance:
     """The static part for the compiled loop; None when guidance is off (no unconditional pass)."""
     if self.is_off:
       return None
-    return GuidanceSpec(self.rescale, tuple(self.interval), self.schedule, self.min_scale)
+    return GuidanceSpec(rescale=self.rescale, interval=tuple(self.interval), schedule=self.schedule,
+                        min_scale=self.min_scale)
 
 
 def _per_sample_time(t: jax.Array, z: jax.Array) -> jax.Array:
