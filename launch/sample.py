@@ -22,6 +22,7 @@ from pixelhdm_jax.compilation_cache import configure_compilation_cache
 from pixelhdm_jax.sample.images import save_images
 from pixelhdm_jax.sample.pipeline import Pipeline
 from pixelhdm_jax.sample.request import SampleRequest
+from pixelhdm_jax.sample.solvers import SOLVERS
 from pixelhdm_jax.weights.inference import CheckpointError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir or exported checkpoint directory.", required=True)
@@ -31,7 +32,7 @@ _PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "A text file with one pr
 _NEGATIVE = flags.DEFINE_string("negative_prompt", None, "Replaces the empty prompt of the unconditional pass.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
 _USE_EMA = flags.DEFINE_bool("use_ema", True, "Sample with the EMA weights (false: the raw weights).")
-_SOLVER = flags.DEFINE_string("solver", None, "ODE solver: euler | heun | dpmpp_2m | dpmpp_2s | ab2.")
+_SOLVER = flags.DEFINE_string("solver", None, f"ODE solver: {' | '.join(SOLVERS)}.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Solver steps.")
 _GUIDANCE = flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance scale (1 = off).")
 _SEED = flags.DEFINE_integer("seed", 0, "Noise seed; image k uses fold_in(key(seed), k).")

@@ -13,7 +13,8 @@ from ml_collections import config_flags
 
 from pixelhdm_jax import parallel
 from pixelhdm_jax.compilation_cache import configure_compilation_cache
-from pixelhdm_jax.config import ConfigError, check_backend
+from pixelhdm_jax.config import check_backend
+from pixelhdm_jax.errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with a preset, e.g. configs/base.py:tiny.",
                                           lock_config=True)

@@ -3,7 +3,7 @@
 `validate(config)` reads the config only: it never touches devices, files or the network, so launchers
 call it before anything expensive. Each section has its own checker below. The allowed names of every
 choice come from the registry of the module that implements it (a new solver, kernel, schedule or source
-is added there, and only there).
+is added there; only settings of its own add checks here).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import ml_collections
 
 from pixelhdm_jax.data import order as data_order
 from pixelhdm_jax.data import sources as data_sources
-from pixelhdm_jax.encoders import transformer as encoder_weights
+from pixelhdm_jax.encoders import transformer as encoder_sources
 from pixelhdm_jax.errors import ConfigError
 from pixelhdm_jax.kernels import attention as kernels
 from pixelhdm_jax.losses import BLOCK_TRANSFORMS
@@ -193,8 +193,8 @@ def _check_encoders(config: ml_collections.ConfigDict) -> None:
   """`text` and `dino`: the frozen encoders (paths are checked when they are loaded, not here)."""
   for field in ("text", "dino"):
     e = config[field]
-    _require(e.source in encoder_weights.SOURCES,
-             f"{field}.source={e.source!r} is unknown: choose one of {encoder_weights.SOURCES}")
+    _require(e.source in encoder_sources.SOURCES,
+             f"{field}.source={e.source!r} is unknown: choose one of {encoder_sources.SOURCES}")
     _require(e.compute_dtype in COMPUTE_DTYPES,
              f"{field}.compute_dtype={e.compute_dtype!r} is unknown: choose one of {COMPUTE_DTYPES}")
     _require(isinstance(e.allow_download, bool), f"{field}.allow_download must be True or False")

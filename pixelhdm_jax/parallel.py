@@ -92,16 +92,23 @@ def abstract_arrays(tree: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=shardings), tree)
 
 
+def _nbytes(leaf: Any) -> int:
+  return math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
+
+
+def replicated_params(abstract_params: Any, shardings: Any) -> list[tuple[str, int]]:
+  """(path, bytes) of every parameter that no mesh axis splits, so that each device holds all of it; largest
+  first."""
+  leaves = jax.tree_util.tree_leaves_with_path(nn.meta.unbox(abstract_params))
+  whole = [(jax.tree_util.keystr(path), _nbytes(leaf)) for (path, leaf), sharding
+           in zip(leaves, jax.tree.leaves(shardings)) if sharding.shard_shape(leaf.shape) == tuple(leaf.shape)]
+  return sorted(whole, key=lambda item: -item[1])
+
+
 def sharded_fraction(abstract_params: Any, shardings: Any) -> float:
   """Fraction of parameter bytes that are split over more than one device."""
-  leaves = jax.tree.leaves(nn.meta.unbox(abstract_params))
-  total = sharded = 0
-  for leaf, sharding in zip(leaves, jax.tree.leaves(shardings)):
-    size = math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
-    total += size
-    if sharding.shard_shape(leaf.shape) != tuple(leaf.shape):
-      sharded += size
-  return sharded / total
+  total = sum(_nbytes(leaf) for leaf in jax.tree.leaves(nn.meta.unbox(abstract_params)))
+  return 1.0 - sum(size for _, size in replicated_params(abstract_params, shardings)) / total
 
 
 def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:

@@ -14,13 +14,14 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-import pytest  # noqa: E402
+import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 # Fixtures of the original PyTorch PixelHDM: `original_tiny` is committed (every clone runs the parity tests);
-# the larger `original_micro` lies beside the checkout (`../shared/fixtures`, or PIXELHDM_FIXTURES) when available.
+# the larger `original_micro` is kept outside the repository (beside the checkout, or where PIXELHDM_FIXTURES
+# points) and used when available.
 FIXTURES = pathlib.Path(os.environ.get("PIXELHDM_FIXTURES", REPO.parent / "shared" / "fixtures"))
 ORIGINAL_MICRO = FIXTURES / "original_micro"
 ORIGINAL_TINY = REPO / "tests" / "fixtures" / "original_tiny"
@@ -42,7 +43,7 @@ def original_tiny():
 
 @pytest.fixture(scope="session")
 def original_micro():
-  """The original PyTorch model's micro-config fixture (`../shared/fixtures/original_micro`), or a skip."""
+  """The original PyTorch model's micro-config fixture (outside the repository, `ORIGINAL_MICRO`), or a skip."""
   if not (ORIGINAL_MICRO / "forward.npz").exists():
     pytest.skip(f"fixture folder {ORIGINAL_MICRO} is absent (set PIXELHDM_FIXTURES to the folder holding "
                 "original_micro/): the larger parity check with the original is skipped; original_tiny still runs")

@@ -3,7 +3,8 @@
 import pytest
 
 from configs import base
-from pixelhdm_jax.config import ConfigError, validate
+from pixelhdm_jax.config import validate
+from pixelhdm_jax.errors import ConfigError
 
 
 @pytest.mark.parametrize("preset", base.PRESETS)

@@ -8,8 +8,10 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SOURCES = sorted([*(REPO / "pixelhdm_jax").rglob("*.py"), *(REPO / "configs").glob("*.py"),
-                  *(REPO / "launch").glob("*.py"), REPO / "README.md", *(REPO / "docs").glob("*.md")])
-OUTSIDE = re.compile(r"reference/\w+\.md|field\.md|SPEC §|\.\./shared")
+                  *(REPO / "launch").glob("*.py"), *(REPO / "tests").rglob("*.py"), *(REPO / "tests").rglob("*.md"),
+                  REPO / "README.md", *(REPO / "docs").glob("*.md")])
+SOURCES = [path for path in SOURCES if path != pathlib.Path(__file__).resolve()]
+OUTSIDE = re.compile(r"reference/\w+\.md|field\.md|SPEC §|\bseed (?:design|document)|the seed's|shared/fixtures")
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(REPO)))

@@ -10,6 +10,7 @@ import scipy.fft
 from configs import base
 from pixelhdm_jax import config as config_lib
 from pixelhdm_jax import losses
+from pixelhdm_jax.errors import ConfigError
 from pixelhdm_jax.models.repa_projector import RepaProjector
 from tests.helpers import require_torch
 
@@ -81,8 +82,9 @@ def _close(ours, theirs, rtol=1e-5):
   np.testing.assert_allclose(np.float64(ours), np.float64(theirs), rtol=rtol)
 
 
-def test_losses_match_the_original_fixture(original_micro):
-  _, arrays = original_micro
+@pytest.mark.parametrize("fixture", ["original_tiny", "original_micro"])
+def test_losses_match_the_original_fixture(request, fixture):
+  _, arrays = request.getfixturevalue(fixture)
   config = base.get_config("tiny")
   config.loss.freq_transform = "original"
   v, x, noise = (jnp.asarray(arrays[k]) for k in ("out/v", "in/x_clean", "in/noise"))
@@ -92,9 +94,10 @@ def test_losses_match_the_original_fixture(original_micro):
   _close(terms.gamma_l2, arrays["loss/gamma_l2"])
   _close(terms.total, arrays["loss/total"])
   assert float(terms.repa) == 0.0
-  # The true DCT-II differs from the original's D X D transform (our deviation), by about 0.2% here.
+  # The true DCT-II differs from the original's D X D transform (our deviation): by 1.2% on the tiny fixture,
+  # 0.2% on the micro one.
   dct2 = losses.frequency_loss(v, x - noise)
-  assert 1e-4 < abs(float(dct2) / float(arrays["loss/freq_loss"]) - 1) < 1e-2
+  assert 1e-4 < abs(float(dct2) / float(arrays["loss/freq_loss"]) - 1) < 0.05
 
 
 def _torch_repa_loss(features, teacher, kernel, bias, grid):
@@ -166,5 +169,5 @@ def test_repa_switch_and_weights():
 def test_loss_config_errors(field, value, message):
   config = base.get_config("tiny")
   config.loss[field] = value
-  with pytest.raises(config_lib.ConfigError, match=message):
+  with pytest.raises(ConfigError, match=message):
     config_lib.validate(config)

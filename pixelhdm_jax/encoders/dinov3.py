@@ -4,7 +4,8 @@
 attention (2-D rotate-half RoPE on patch tokens only) -> LayerScale -> residual; LayerNorm -> MLP ->
 LayerScale -> residual] -> final LayerNorm -> patch tokens, as transformers' `DINOv3ViTModel`. RoPE uses patch-centre
 coordinates normalised to [-1, 1] per axis, without the training-time jitter, so any H, W that are
-multiples of the patch size work. Params are float32 and named like Hugging Face's `DINOv3ViTModel`;
+multiples of the patch size work. Params are float32 (placed for a run in the compute dtype:
+`transformer.place_frozen`) and named like Hugging Face's `DINOv3ViTModel`;
 `load_dinov3` reads a local Hugging Face directory, or Meta's official `.pth` renamed to those names first
 (`dinov3_meta.py`). The mask token (masked pre-training only) is never needed.
 """

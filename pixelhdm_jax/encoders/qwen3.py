@@ -2,7 +2,8 @@
 
 Token embedding -> N x [RMSNorm -> GQA attention (per-head q/k RMSNorm before rotate-half RoPE, causal
 plus padding mask) -> residual; RMSNorm -> SwiGLU -> residual] -> final RMSNorm, as transformers' `Qwen3Model`.
-Params are float32 and named like Hugging Face's (`layers` stacked by `nn.scan`); compute runs in `dtype`.
+Params are float32 (placed for a run in the compute dtype: `transformer.place_frozen`) and named like Hugging
+Face's (`layers` stacked by `nn.scan`); compute runs in `dtype`.
 `load_qwen3` reads a local `Qwen3Model` or `Qwen3ForCausalLM` checkpoint into them (the `model.` prefix of the
 causal-LM checkpoints stripped; the LM head, tied to the embedding in the small Qwen3s, skipped).
 

@@ -1,6 +1,7 @@
 """The frozen REPA teacher: DINOv3 patch features of the clean training images, built from `config.dino`.
 
-`build_dino_teacher(config)` returns the teacher and its float32 host params, which the caller places once
+`build_dino_teacher(config)` returns the teacher and its float32 params (host arrays; on the default device for
+the random sources), which the caller places once
 (`place_frozen`) and drops; `features(params, images)` is pure and jittable: the train step calls it inside
 its own `jax.jit` with the placed params as an argument. Images (B, H, W, 3) in [-1, 1], H and W multiples of the
 patch size (16), give (B, H/16 * W/16, C) tokens in raster order, the grid of the PixelHDM patch tokens.
@@ -47,7 +48,7 @@ class DinoTeacher:
 
 def build_dino_teacher(config: ml_collections.ConfigDict, *,
                        with_params: bool = True) -> tuple[DinoTeacher, Any | None]:
-  """The teacher of `config.dino` and its float32 host params; attention runs with `config.model.attention`.
+  """The teacher of `config.dino` and its float32 params; attention runs with `config.model.attention`.
 
   `dino.source`: pretrained (loaded from `dino.path`), random (a tiny ViT) or random_full (ViT-B/16's shapes,
   for benchmarks and AOT compiles), both from a fixed seed; `with_params=False` (random sources only) skips

@@ -1,11 +1,11 @@
 """The text-conditioning API of training and sampling: prompts -> (hidden, mask, pooled).
 
 `build_text_encoder(config)` returns a `TextEncoder` (the tokenizer and the frozen Qwen3 module) and its
-float32 host params: loaded (`text.source=pretrained`) or random from a fixed seed (`random`: a tiny Qwen3;
-`random_full`: Qwen3-0.6B's shapes, for benchmarks and AOT compiles on synthetic data). The caller places the
-params once (`place_frozen`: on the devices, in the compute dtype) and drops the host copy; the encoder never
-holds them. `encode(params, ids, mask)` is pure and jittable: the train step and the sampling loop call it
-inside their own `jax.jit` with the placed params as an argument.
+float32 params (host arrays; on the default device for the random sources): loaded (`text.source=pretrained`)
+or random from a fixed seed (`random`: a tiny Qwen3; `random_full`: Qwen3-0.6B's shapes, for benchmarks and AOT
+compiles on synthetic data). The caller places the params once (`place_frozen`: on the devices, in the compute
+dtype) and drops the host copy; the encoder never holds them. `encode(params, ids, mask)` is pure and jittable:
+the train step and the sampling loop call it inside their own `jax.jit` with the placed params as an argument.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class TextEncoder:
 
 def build_text_encoder(config: ml_collections.ConfigDict, *,
                        with_params: bool = True) -> tuple[TextEncoder, Any | None]:
-  """The encoder of `config.text`, checked against `config.model.text_dim`, and its float32 host params.
+  """The encoder of `config.text`, checked against `config.model.text_dim`, and its float32 params.
 
   `with_params=False` (random sources only) skips creating the params (None): an AOT compile needs shapes only.
   Raises `EncoderCheckpointError` for an unusable checkpoint (naming the field to set) and `ConfigError` when

@@ -52,29 +52,30 @@ class Frozen(Protocol):
     ...
 
 
-def _in_compute_dtype(encoder: Frozen, dtype: Any) -> Any:
-  """The compute dtype for floating params, `dtype` unchanged otherwise."""
-  return encoder.module.dtype if jnp.issubdtype(dtype, jnp.floating) else dtype
+def _stored_dtype(encoder: Frozen, leaf: Any) -> Any:
+  """The dtype a frozen weight is kept in: the compute dtype for floating matrices, embeddings, kernels and
+  tokens (the modules cast them to it at every use anyway), its own for vectors (norm scales, biases: computed
+  in float32 by the norms). So the numbers are those of the float32 weights, in about half the memory."""
+  floating = jnp.issubdtype(leaf.dtype, jnp.floating)
+  return encoder.module.dtype if floating and len(leaf.shape) >= 2 else leaf.dtype
 
 
-def place_frozen(encoder: Frozen, params: Any, mesh: Mesh | None = None, rules: parallel.Rules = ()) -> Any:
-  """`params` (host arrays, or arrays on one device) on the devices in the compute dtype, ready to be an argument
-  of every step: split over `mesh` by their logical axes (each device receiving only its slice), or on the
-  default device without a mesh. The caller drops its host copy afterwards. On accelerators the compute dtype
-  is bfloat16, which halves their memory; on CPU it is float32 and nothing changes."""
-  cast = lambda x: x.astype(_in_compute_dtype(encoder, x.dtype))
+def place_frozen(encoder: Frozen, params: Any | None, mesh: Mesh | None = None, rules: parallel.Rules = ()) -> Any:
+  """`params` (host arrays, or arrays on one device) on the devices, stored in the compute dtype (`_stored_dtype`),
+  ready to be an argument of every step: split over `mesh` by their logical axes (each device receiving only its
+  slice), or on the default device without a mesh. The caller drops its host copy afterwards. On accelerators
+  the compute dtype is bfloat16; on CPU float32, and nothing changes. `params` None (an encoder built for shapes
+  only) gives the `jax.ShapeDtypeStruct`s, with their shardings, of what would be placed: for AOT compiles."""
+  if params is None:
+    abstract = encoder.abstract_params()
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, _stored_dtype(encoder, x)),
+                          parallel.strip_boxes(abstract))
+    return parallel.abstract_arrays(shapes, parallel.param_shardings(abstract, mesh, rules))
+  cast = lambda x: x.astype(_stored_dtype(encoder, x))
   if mesh is None:
     return jax.device_put(jax.tree.map(lambda x: cast(np.asarray(x)), params))
   placed, _ = parallel.place_params(params, encoder.abstract_params(), mesh, rules, cast=cast)
   return placed
-
-
-def frozen_shapes(encoder: Frozen, mesh: Mesh, rules: parallel.Rules) -> Any:
-  """The `jax.ShapeDtypeStruct`s (with shardings) that `place_frozen` would make: for ahead-of-time compiles."""
-  abstract = encoder.abstract_params()
-  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, _in_compute_dtype(encoder, x.dtype)),
-                        parallel.strip_boxes(abstract))
-  return parallel.abstract_arrays(shapes, parallel.param_shardings(abstract, mesh, rules))
 
 
 def random_params(module: nn.Module, seed: int, *example_inputs: Any) -> Any:

@@ -3,7 +3,7 @@
 q, k, v projections (no bias) -> per-head RMSNorm of q and k (one weight of size head_dim shared by the
 heads) -> mRoPE -> non-causal attention (scale 1/sqrt(head_dim)) -> head-wise sigmoid gate computed from the
 attention input (arXiv 2505.06708, position G1) -> output projection. The gate kernel starts at zero, so
-every gate is 0.5 at init (the seed's intent; the original's global init overwrote it, docs/deviations.md).
+every gate is 0.5 at init (the original module's own init, which its global init overwrote: docs/deviations.md).
 """
 
 from __future__ import annotations

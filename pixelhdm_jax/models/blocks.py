@@ -48,7 +48,8 @@ class PatchBlock(nn.Module):
 class TokenCompaction(nn.Module):
   """(B, L, p^2, D_pix) -> compress to D -> RMSNorm -> gated attention -> RMSNorm -> expand; no residual.
 
-  The expand kernel is xavier-uniform with gain 0.1 (the seed's intent; see docs/deviations.md).
+  The expand kernel is xavier-uniform with gain 0.1 (the original's configured gain, which its global init
+  overwrote; see docs/deviations.md).
   """
   hidden_dim: int
   num_heads: int

@@ -1,7 +1,8 @@
 """Ahead-of-time compilation of the train step for a target topology, and memory of compiled programs.
 
 `compile_train_step(config, compile_target(name), ...)` builds the trainer with shapes only (no array is
-allocated), lowers the train step with `jax.ShapeDtypeStruct`s for state, batch and RNG, compiles it and
+allocated), lowers the train step with `jax.ShapeDtypeStruct`s for the state, the frozen encoder weights, the
+batch and the RNG, compiles it and
 reports the compiler's memory per device (maxtext's train_compile). For a TPU slice (`v5p-256`, needs
 libtpu) or GPU model (`h100x8`, needs the JAX CUDA plugin) this runs on a CPU host with compile-only
 devices and fails the way the hardware would: a TPU program that does not fit is the compiler's

@@ -118,8 +118,8 @@ class Guidance(GuidanceSpec):
     """The static part for the compiled loop; None when guidance is off (no unconditional pass)."""
     if self.is_off:
       return None
-    return GuidanceSpec(rescale=self.rescale, interval=tuple(self.interval), schedule=self.schedule,
-                        min_scale=self.min_scale)
+    fields = {field.name: getattr(self, field.name) for field in dataclasses.fields(GuidanceSpec)}
+    return GuidanceSpec(**{**fields, "interval": tuple(self.interval)})
 
 
 def _per_sample_time(t: jax.Array, z: jax.Array) -> jax.Array:

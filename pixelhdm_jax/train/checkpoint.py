@@ -26,9 +26,6 @@ from absl import logging
 from pixelhdm_jax.train.state import TrainState
 from pixelhdm_jax.weights.inference import CheckpointError, config_json
 
-ITEMS = ("model", "ema", "train_state", "data", "config")
-
-
 # Settings that do not change what the weights mean: a run may resume with other values (another kernel or
 # precision on another accelerator, more or less remat, encoder weights moved to another folder).
 RESUMABLE_WITH_OTHER = frozenset({"attention", "remat_policy", "scan_layers", "compute_dtype", "path", "hub_id",
@@ -94,7 +91,7 @@ class RunCheckpoints:
     return self._restore(step, config=ocp.args.JsonRestore())["config"]
 
   def restore(self, step: int, abstract: TrainState) -> tuple[TrainState, jax.Array]:
-    """(state without encoders, base rng) of checkpoint `step`, in the shardings of `abstract`."""
+    """(train state, base rng) of checkpoint `step`, in the shardings of `abstract`."""
     key_data = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))  # depends on the PRNG impl
     rng = jax.ShapeDtypeStruct(key_data.shape, key_data.dtype, sharding=abstract.step.sharding)
     abstract_train_state = {**abstract.checkpointed(), "rng": rng}
@@ -119,7 +116,7 @@ class RunCheckpoints:
   def _restore(self, step: int, **items) -> Any:
     try:
       return self.manager.restore(step, args=ocp.args.Composite(**items))
-    except Exception as error:  # noqa: BLE001  (re-raised with the path: a broken checkpoint must be loud)
+    except Exception as error:  # re-raised with the path: a broken checkpoint must be loud
       raise CheckpointError(f"cannot restore {', '.join(items)} from checkpoint {self.directory / str(step)}: "
                             f"{type(error).__name__}: {error}") from error
 

@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 from pixelhdm_jax import parallel
 from pixelhdm_jax.encoders.teacher import DinoTeacher, build_dino_teacher
 from pixelhdm_jax.encoders.text import TextEncoder, build_text_encoder
-from pixelhdm_jax.encoders.transformer import frozen_shapes, place_frozen
+from pixelhdm_jax.encoders.transformer import place_frozen
 from pixelhdm_jax.models.pixelhdm import PixelHDM
 from pixelhdm_jax.models.repa_projector import RepaProjector
 from pixelhdm_jax.optim.optimizer import make_optimizer
@@ -36,6 +36,7 @@ from pixelhdm_jax.train.step import BATCH_KEYS, jit_train_step
 
 
 class Trainer(NamedTuple):
+  """Everything the loop, the benchmark and the AOT compile need around the two jitted train steps."""
   config: ml_collections.ConfigDict
   mesh: Mesh
   rules: parallel.Rules
@@ -71,41 +72,42 @@ class Trainer(NamedTuple):
     return parallel.global_batch({key: local_batch[key] for key in BATCH_KEYS}, self.mesh, self.rules)
 
 
-REPLICATED_WARNING = 0.01  # share of the parameter bytes a multi-device run may replicate without a warning
+REPLICATED_WARNING = 0.01  # share of the parameter bytes a sharded run may replicate without a warning
 
 
 def log_param_sharding(trainer: Trainer) -> float:
-  """Logs the share of the trainable parameter bytes that is split over the mesh and returns it; warns, naming
-  the largest replicated parameters, when a multi-device run replicates more than `REPLICATED_WARNING`."""
+  """Logs the share of the trainable parameter bytes that the mesh splits and returns it; warns, naming the
+  largest replicated parameters, when the weights are meant to be split (fsdp x tensor > 1) but more than
+  `REPLICATED_WARNING` of them are not. Pure data parallelism replicates them on purpose."""
   abstract, shardings = trainer.abstract_state().params, trainer.shardings.params
   share = parallel.sharded_fraction(abstract, shardings)
-  logging.info("parameters: %.1f%% of their bytes are split over the mesh %s", 100 * share, dict(trainer.mesh.shape))
-  if trainer.mesh.size > 1 and 1 - share > REPLICATED_WARNING:
-    leaves = zip(jax.tree_util.tree_leaves_with_path(abstract), jax.tree.leaves(shardings))
-    whole = [(leaf.size * leaf.dtype.itemsize, jax.tree_util.keystr(path))
-             for (path, leaf), sharding in leaves if sharding.shard_shape(leaf.shape) == tuple(leaf.shape)]
-    largest = ", ".join(name for _, name in sorted(whole, reverse=True)[:3])
-    logging.warning("%.1f%% of the parameter bytes are replicated on every one of the %d devices (largest: %s): "
+  mesh = trainer.mesh
+  logging.info("parameters: %.1f%% of their bytes are split over the mesh %s", 100 * share, dict(mesh.shape))
+  weight_devices = mesh.shape["fsdp"] * mesh.shape["tensor"]
+  if weight_devices > 1 and 1 - share > REPLICATED_WARNING:
+    largest = ", ".join(path for path, _ in parallel.replicated_params(abstract, shardings)[:3])
+    logging.warning("%.1f%% of the parameter bytes are whole on each of the %d fsdp x tensor devices (largest: %s): "
                     "check that mesh.logical_axis_rules maps their logical axes onto mesh axes that divide them",
-                    100 * (1 - share), trainer.mesh.size, largest)
+                    100 * (1 - share), weight_devices, largest)
   return share
 
 
 def build_trainer(config: ml_collections.ConfigDict, mesh: Mesh, rules: parallel.Rules, *,
                   with_encoder_params: bool = True) -> Trainer:
-  encoders = {"text": build_text_encoder(config, with_params=with_encoder_params)}
-  if config.loss.repa_lambda > 0:
-    encoders["dino"] = build_dino_teacher(config, with_params=with_encoder_params)
+  """The `Trainer` of `config` on `mesh` (see the module docstring)."""
+  text_encoder, text_params = build_text_encoder(config, with_params=with_encoder_params)
   # The host params are placed (or replaced by their shapes) here and dropped: nothing keeps a host copy.
-  frozen = {name: frozen_shapes(encoder, mesh, rules) if params is None else place_frozen(encoder, params, mesh, rules)
-            for name, (encoder, params) in encoders.items()}
-  frozen_shardings = {name: parallel.param_shardings(encoder.abstract_params(), mesh, rules)
-                      for name, (encoder, _) in encoders.items()}
-  text_encoder, teacher = encoders["text"][0], encoders["dino"][0] if "dino" in encoders else None
+  frozen = {"text": place_frozen(text_encoder, text_params, mesh, rules)}
+  teacher = None
+  if config.loss.repa_lambda > 0:
+    teacher, dino_params = build_dino_teacher(config, with_params=with_encoder_params)
+    frozen["dino"] = place_frozen(teacher, dino_params, mesh, rules)
+  frozen_shardings = jax.tree.map(lambda x: x.sharding, frozen)
   model = PixelHDM.from_config(config.model)
   networks = Networks(model, RepaProjector(teacher.feature_dim if teacher else 1), make_optimizer(config))
   shardings = state_shardings(networks, mesh, rules)
   batch_sharding = parallel.batch_sharding(mesh, rules)
+
   def jitted(step_teacher: DinoTeacher | None):
     return jit_train_step(config, networks, text_encoder, step_teacher, shardings, frozen_shardings, batch_sharding,
                           replicated(mesh))

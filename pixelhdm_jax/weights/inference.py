@@ -75,7 +75,7 @@ def load_for_inference(path: str | pathlib.Path, *, use_ema: bool = True, step: 
     params = manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract)}))[item]
   except CheckpointError:
     raise
-  except Exception as error:  # noqa: BLE001  (re-raised with the path)
+  except Exception as error:  # re-raised with the path
     raise CheckpointError(f"cannot load the network weights ({item}) of checkpoint {directory / str(step)}: "
                           f"{type(error).__name__}: {error}") from error
   finally:

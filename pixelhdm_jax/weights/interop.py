@@ -76,7 +76,7 @@ def _read_torch(path: pathlib.Path, use_ema: bool) -> OriginalCheckpoint:
     raise ConversionError(f"{path} does not exist")
   try:
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as error:  # noqa: BLE001  (torch raises several types; re-raised with the path)
+  except Exception as error:  # torch raises several types; re-raised with the path
     raise ConversionError(f"{path} cannot be read with torch.load(weights_only=True): {error}") from error
   if not isinstance(checkpoint, Mapping):
     raise ConversionError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict or a state dict")

@@ -10,12 +10,13 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import base
-from pixelhdm_jax.config import ConfigError, validate
+from pixelhdm_jax.config import validate
 from pixelhdm_jax.data import AspectRatioBucket, SyntheticSource, TfdsSource, build_train_loader
 from pixelhdm_jax.data.images import cover_crop, open_image
 from pixelhdm_jax.data.sources import size_cache_dir
 from pixelhdm_jax.data.synthetic import COLOURS
 from pixelhdm_jax.encoders.tokenizers import ByteTokenizer
+from pixelhdm_jax.errors import ConfigError
 
 
 def test_synthetic_is_deterministic_and_the_caption_describes_the_pixels():

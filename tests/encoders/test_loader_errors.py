@@ -9,13 +9,14 @@ import pytest
 from safetensors.numpy import save_file
 
 from configs import base
-from pixelhdm_jax.config import ConfigError, validate
+from pixelhdm_jax.config import validate
 from pixelhdm_jax.encoders.dinov3 import load_dinov3
 from pixelhdm_jax.encoders.hf_checkpoint import EncoderCheckpointError, open_safetensors, resolve_checkpoint
 from pixelhdm_jax.encoders.qwen3 import load_qwen3
 from pixelhdm_jax.encoders.teacher import build_dino_teacher
 from pixelhdm_jax.encoders.text import build_text_encoder
 from pixelhdm_jax.encoders.tokenizers import HFTokenizer
+from pixelhdm_jax.errors import ConfigError
 from tests.helpers import require_torch
 
 

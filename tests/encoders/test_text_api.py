@@ -16,7 +16,7 @@ from pixelhdm_jax.encoders.qwen3 import load_qwen3
 from pixelhdm_jax.encoders.teacher import build_dino_teacher
 from pixelhdm_jax.encoders.text import build_text_encoder
 from pixelhdm_jax.encoders.tokenizers import ByteTokenizer, HFTokenizer, build_tokenizer
-from pixelhdm_jax.encoders.transformer import frozen_shapes, place_frozen
+from pixelhdm_jax.encoders.transformer import place_frozen
 
 PROMPTS = ["a red cat", "", "x" * 100]
 
@@ -94,25 +94,29 @@ def test_sharded_encoders_match_unsharded(text_encoder, teacher, tiny_config):
 
 
 def test_frozen_params_are_placed_in_the_compute_dtype(tiny_config):
-  """With text.compute_dtype=bfloat16 (what `auto` is on accelerators) the placed weights are bfloat16, split
-  over the mesh as their shapes for AOT say, and encode like the float32 weights to bf16 precision."""
+  """With text.compute_dtype=bfloat16 (what `auto` is on accelerators) the placed matrices and embeddings are
+  bfloat16 and the vectors (norm scales) float32, split over the mesh as the shapes for AOT say, and the encoder
+  computes exactly what it computes from the float32 weights."""
   config = base.get_config("tiny")
   config.text.compute_dtype = "bfloat16"
   encoder, host_params = build_text_encoder(config)
   mesh = jax.make_mesh((1, 8, 1), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
   rules = parallel.logical_rules(config.mesh)
   placed = place_frozen(encoder, host_params, mesh, rules)
-  shapes = frozen_shapes(encoder, mesh, rules)
+  shapes = place_frozen(encoder, None, mesh, rules)
   for leaf, shape in zip(jax.tree.leaves(placed), jax.tree.leaves(shapes)):
-    assert leaf.dtype == jnp.bfloat16 and (leaf.shape, leaf.sharding) == (shape.shape, shape.sharding)
-    assert shape.dtype == jnp.bfloat16
+    assert leaf.dtype == (jnp.bfloat16 if leaf.ndim >= 2 else jnp.float32), (leaf.shape, leaf.dtype)
+    assert (leaf.shape, leaf.dtype, leaf.sharding) == (shape.shape, shape.dtype, shape.sharding)
   embedding = placed["embed_tokens"]["embedding"]
   assert embedding.addressable_shards[0].data.shape[1] == embedding.shape[1] // 8  # split over fsdp
+  stored = sum(leaf.nbytes for leaf in jax.tree.leaves(placed))
+  assert stored < 0.51 * sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(host_params))
   ids, mask = encoder.tokenizer(PROMPTS)
+  float32, _ = parallel.place_params(host_params, encoder.abstract_params(), mesh, rules)  # the same split
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     hidden = jax.jit(encoder.encode)(placed, ids, mask).hidden
-  reference = encoder.encode(host_params, ids, mask).hidden  # float32 weights, bf16 compute
-  np.testing.assert_allclose(np.asarray(hidden, np.float32), np.asarray(reference, np.float32), atol=0.1, rtol=0.05)
+    reference = jax.jit(encoder.encode)(float32, ids, mask).hidden  # float32 weights, bf16 compute
+  np.testing.assert_array_equal(np.asarray(hidden, np.float32), np.asarray(reference, np.float32))
 
 
 def test_hf_tokenizer_pads_right_with_eos_fallback(tmp_path):

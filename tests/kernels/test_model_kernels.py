@@ -8,7 +8,8 @@ import pytest
 
 from configs.base import get_config
 from pixelhdm_jax import parallel
-from pixelhdm_jax.config import ConfigError, check_backend
+from pixelhdm_jax.config import check_backend
+from pixelhdm_jax.errors import ConfigError
 from pixelhdm_jax.models.pixelhdm import PixelHDM
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from configs import base
 from pixelhdm_jax import config as config_lib
+from pixelhdm_jax.errors import ConfigError
 from pixelhdm_jax.models.pixelhdm import PixelHDM
 from pixelhdm_jax.models.repa_projector import RepaProjector
 from pixelhdm_jax.optim import ema, optimizer
@@ -184,7 +185,7 @@ def test_optim_config_errors(field, value, message):
   for parent in parents:
     section = section[parent]
   section[name] = value
-  with pytest.raises(config_lib.ConfigError, match=message):
+  with pytest.raises(ConfigError, match=message):
     config_lib.validate(config)
 
 

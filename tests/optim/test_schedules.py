@@ -8,6 +8,7 @@ import pytest
 
 from configs import base
 from pixelhdm_jax import config as config_lib
+from pixelhdm_jax.errors import ConfigError
 from pixelhdm_jax.optim import schedules
 
 
@@ -111,12 +112,12 @@ def test_schedule_config_errors(field, value, message):
   config = base.get_config("tiny")
   config.optim.schedule = "stepped_cosine_restart"
   config.optim[field] = value
-  with pytest.raises(config_lib.ConfigError, match=message):
+  with pytest.raises(ConfigError, match=message):
     config_lib.validate(config)
 
 
 def test_cosine_needs_steps_after_warmup():
   config = base.get_config("tiny")
   config.optim.update(schedule="cosine", warmup_steps=config.train.num_steps)
-  with pytest.raises(config_lib.ConfigError, match="leaves no cosine decay"):
+  with pytest.raises(ConfigError, match="leaves no cosine decay"):
     config_lib.validate(config)

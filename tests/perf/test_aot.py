@@ -10,11 +10,12 @@ import jax.numpy as jnp
 import pytest
 
 from configs import base
-from pixelhdm_jax.config import ConfigError, validate
+from pixelhdm_jax.config import validate
 from pixelhdm_jax.encoders.dinov3 import DINOV3_VITB16
 from pixelhdm_jax.encoders.qwen3 import QWEN3_0_6B
 from pixelhdm_jax.encoders.teacher import build_dino_teacher
 from pixelhdm_jax.encoders.text import build_text_encoder
+from pixelhdm_jax.errors import ConfigError
 from pixelhdm_jax.models.layers import compute_dtype
 from pixelhdm_jax.perf import aot, target
 from pixelhdm_jax.perf.gpu_targets import GPUS, parse_gpu_topology

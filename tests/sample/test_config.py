@@ -4,6 +4,7 @@ import pytest
 
 from configs import base
 from pixelhdm_jax import config as config_lib
+from pixelhdm_jax.errors import ConfigError
 from pixelhdm_jax.sample import guidance, solvers
 
 
@@ -30,5 +31,5 @@ def test_defaults():
 def test_rejects_bad_settings(field, value, message):
   config = base.get_config("tiny")
   config.sample[field] = value
-  with pytest.raises(config_lib.ConfigError, match=message):
+  with pytest.raises(ConfigError, match=message):
     config_lib.validate(config)
