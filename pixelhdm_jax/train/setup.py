@@ -82,7 +82,10 @@ def log_param_sharding(trainer: Trainer) -> float:
   abstract, shardings = trainer.abstract_state().params, trainer.shardings.params
   share = parallel.sharded_fraction(abstract, shardings)
   mesh = trainer.mesh
-  logging.info("parameters: %.1f%% of their bytes are split over the mesh %s", 100 * share, dict(mesh.shape))
+  if mesh.size == 1:
+    logging.info("parameters: on one device")
+  else:
+    logging.info("parameters: %.1f%% of their bytes are split over the mesh %s", 100 * share, dict(mesh.shape))
   weight_devices = mesh.shape["fsdp"] * mesh.shape["tensor"]
   if weight_devices > 1 and 1 - share > REPLICATED_WARNING:
     largest = ", ".join(path for path, _ in parallel.replicated_params(abstract, shardings)[:3])
