@@ -75,6 +75,7 @@ def _pallas(module: str, function: str) -> AttentionFn:
 
 
 class Kernel(NamedTuple):
+  """An attention kernel under the contract above and the backends it runs on."""
   run: AttentionFn
   backends: tuple[str, ...]  # `jax.default_backend()` names it runs on
   interpreted_on_cpu: bool = False  # Pallas interpret mode: runs on CPU in tests, slowly

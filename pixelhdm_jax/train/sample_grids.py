@@ -20,20 +20,23 @@ from pixelhdm_jax.train.metrics import MetricWriter
 
 
 class SampleGrids:
+  """Writes the grid of `train.sample_prompts` for a step; the pipeline and its compiled loop are built on the
+  first call and reused, and the request (prompts, size, seed) is the same every time."""
+
   def __init__(self, trainer, workdir: pathlib.Path, writer: MetricWriter):
-    self.config = trainer.config
-    self.pipeline = None
     self.trainer = trainer
+    self.pipeline = None
     self.directory = workdir / "samples"
     self.writer = writer
+    train = trainer.config.train
+    self.request = SampleRequest(list(train.sample_prompts), height=train.sample_size, width=train.sample_size,
+                                 seed=trainer.config.seed)
 
   def __call__(self, state, step: int) -> pathlib.Path:
     if self.pipeline is None:
-      self.pipeline = Pipeline(self.config, state.ema, self.trainer.text_encoder, self.trainer.frozen["text"],
+      self.pipeline = Pipeline(self.trainer.config, state.ema, self.trainer.text_encoder, self.trainer.frozen["text"],
                                mesh=self.trainer.mesh)
-    size = self.config.train.sample_size
-    request = SampleRequest(list(self.config.train.sample_prompts), height=size, width=size, seed=self.config.seed)
-    images = self.pipeline.generate(request, params=state.ema)
+    images = self.pipeline.generate(self.request, params=state.ema)
     path = self.directory / f"step_{step:08d}.png"
     if jax.process_index() == 0:
       grid = image_grid(images, columns=len(images))
