@@ -3,16 +3,19 @@
 import os
 import pathlib
 import sys
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache per test session (subprocesses inherit it): identical programs, e.g. the
 # tiny train step of several tests, compile once.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-  import tempfile
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="pixelhdm_jax_cache_")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# The project's user cache (reference statistics, TFDS sizes, downloads) in a session folder, never in ~/.cache.
+if "XDG_CACHE_HOME" not in os.environ:
+  os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="pixelhdm_jax_user_cache_")
 
 import pytest
 
