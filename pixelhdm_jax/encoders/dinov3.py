@@ -151,13 +151,14 @@ class DINOv3Layer(nn.Module):
 
 
 class DINOv3ViT(nn.Module):
-  """Images (B, H, W, 3) in [-1, 1] -> normed patch tokens (B, H/p * W/p, C), raster order, no gradient."""
+  """Images (B, H, W, 3) in [-1, 1] -> normed patch tokens (B, H/p * W/p, C), raster order, no gradient; with
+  `cls_only=True` the normed CLS token (B, C) instead (transformers' `pooler_output`), the image's global feature."""
   arch: DINOv3Arch = DINOV3_VITB16
   kernel: str = "xla"
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, images: jax.Array) -> jax.Array:
+  def __call__(self, images: jax.Array, cls_only: bool = False) -> jax.Array:
     a = self.arch
     batch, height, width, _ = images.shape
     if height % a.patch_size or width % a.patch_size:
@@ -180,7 +181,7 @@ class DINOv3ViT(nn.Module):
     layers = layer_stack(DINOv3Layer, a.num_layers, 1, "layer", arch=a, kernel=self.kernel, dtype=self.dtype)
     x, _ = layers(x, rope)
     x = _layer_norm(a, self.dtype, "norm")(x)
-    return jax.lax.stop_gradient(x[:, 1 + a.num_register_tokens:])
+    return jax.lax.stop_gradient(x[:, 0] if cls_only else x[:, 1 + a.num_register_tokens:])
 
 
 MODEL_TYPE = "dinov3_vit"

@@ -41,6 +41,10 @@ class DinoTeacher:
     """Pure and jittable: images (B, H, W, 3) in [-1, 1] -> normed patch tokens (B, L, C), no gradient."""
     return self.module.apply({"params": params}, images)
 
+  def global_features(self, params: Any, images: jax.Array) -> jax.Array:
+    """Pure and jittable: images (B, H, W, 3) in [-1, 1] -> the normed CLS token (B, C), for FD-DINOv3."""
+    return self.module.apply({"params": params}, images, cls_only=True)
+
   def abstract_params(self) -> Any:
     """Param shapes with their logical axes, for `parallel.place_params`."""
     return abstract_params(self.module)

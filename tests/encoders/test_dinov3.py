@@ -17,12 +17,16 @@ def images(batch, height, width, seed=0):
   return np.random.default_rng(seed).uniform(-1, 1, (batch, height, width, 3)).astype(np.float32)
 
 
-def torch_patch_tokens(model, x):
-  """HF's normed patch tokens for [-1, 1] NHWC images, normalised as the original's preprocessing."""
+def torch_outputs(model, x):
+  """HF's outputs for [-1, 1] NHWC images, normalised as the original's preprocessing."""
   pixels = ((x + 1) / 2 - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
   with torch.no_grad():
-    out = model(pixel_values=torch.tensor(pixels.transpose(0, 3, 1, 2)))
-  return out.last_hidden_state[:, 1 + model.config.num_register_tokens:].numpy()
+    return model(pixel_values=torch.tensor(pixels.transpose(0, 3, 1, 2)))
+
+
+def torch_patch_tokens(model, x):
+  """HF's normed patch tokens (after the CLS and register tokens)."""
+  return torch_outputs(model, x).last_hidden_state[:, 1 + model.config.num_register_tokens:].numpy()
 
 
 def meta_state_dict(model):
@@ -63,6 +67,14 @@ def test_matches_transformers(hf_dinov3, shape):
   grid = (shape[1] // 16) * (shape[2] // 16)
   assert out.shape == (shape[0], grid, 32)
   np.testing.assert_allclose(np.asarray(out), torch_patch_tokens(model, x), atol=2e-5, rtol=1e-5)
+
+
+def test_cls_token_matches_transformers_pooler_output(hf_dinov3):
+  directory, model = hf_dinov3
+  module, params = load_dinov3(directory)
+  x = images(*SHAPES[0], seed=2)
+  out = jax.jit(lambda p, x: module.apply({"params": p}, x, cls_only=True))(params, x)
+  np.testing.assert_allclose(np.asarray(out), torch_outputs(model, x).pooler_output.numpy(), atol=2e-5, rtol=1e-5)
 
 
 def test_meta_pth_matches_transformers(hf_dinov3, tmp_path):
