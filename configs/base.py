@@ -115,6 +115,10 @@ def _train(preset: str) -> ml_collections.ConfigDict:
       if preset == "tiny" else ("a photo of a cat", "a watercolor painting of a lighthouse at dusk")
   t.sample_size = 64 if preset == "tiny" else 512  # square sample grids, pixels per side
   t.max_nonfinite_steps = 20  # consecutive skipped (non-finite) steps before training stops
+  # FID, FD-DINOv3, precision and recall of eval_num_images EMA samples at sample_size (docs/evaluation.md), every
+  # eval_every steps and at the end; 0 = off. tiny: at the end (num_steps).
+  t.eval_every = 300 if preset == "tiny" else 10_000
+  t.eval_num_images = 32 if preset == "tiny" else 2_000
   return t
 
 
@@ -157,6 +161,19 @@ def _sample() -> ml_collections.ConfigDict:
   s.guidance_schedule = "constant"  # constant | linear | cosine | quadratic: w from guidance_scale at t = 0 ...
   s.guidance_min_scale = 1.0  # ... to guidance_min_scale at t = 1
   return s
+
+
+def _evaluation(preset: str) -> ml_collections.ConfigDict:
+  """Image-quality metrics (`pixelhdm_jax/evaluation`, docs/evaluation.md), in training and launch/evaluate.py."""
+  e = ml_collections.ConfigDict()
+  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth (a local file or a URL); "" = random weights, and every
+  # result says so (random_inception_weights: true): such an FID compares runs with each other only.
+  e.inception_weights = ""
+  e.inception_resize = "pytorch_fid"  # pytorch_fid (bilinear, as pytorch-fid) | tf1 (the TF graph's, torch-fidelity)
+  # launch/evaluate.py reference output; "" = computed from config.data at the start of training (cached per key)
+  e.reference = ""
+  e.batch_size = 8 if preset == "tiny" else 64  # images per sampling and feature batch
+  return e
 
 
 def _loss() -> ml_collections.ConfigDict:
@@ -262,5 +279,6 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.loss = _loss()
   config.optim = _optim(preset)
   config.sample = _sample()
+  config.evaluation = _evaluation(preset)
   config.mesh = _mesh()
   return config

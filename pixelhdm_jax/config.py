@@ -14,6 +14,7 @@ from pixelhdm_jax.data import order as data_order
 from pixelhdm_jax.data import sources as data_sources
 from pixelhdm_jax.encoders import transformer as encoder_sources
 from pixelhdm_jax.errors import ConfigError
+from pixelhdm_jax.evaluation.inception import RESIZES
 from pixelhdm_jax.kernels import attention as kernels
 from pixelhdm_jax.losses import BLOCK_TRANSFORMS
 from pixelhdm_jax.models import remat
@@ -215,11 +216,23 @@ def _check_train(config: ml_collections.ConfigDict) -> None:
            f"train.sample_every must be >= 0 (0 = sample grids only at the end), got {t.sample_every!r}")
   _require(t.sample_size % config.model.patch_size == 0,
            f"train.sample_size={t.sample_size} is not a multiple of model.patch_size={config.model.patch_size}")
+  _require(isinstance(t.eval_every, int) and t.eval_every >= 0,
+           f"train.eval_every must be >= 0 (0 = no evaluation), got {t.eval_every!r}")
+  _require(isinstance(t.eval_num_images, int) and t.eval_num_images >= 5,
+           f"train.eval_num_images must be an integer >= 5 (statistics and 3-NN manifolds need a few images; "
+           f"use thousands for a stable FID), got {t.eval_num_images!r}")
   m = config.model
   most = min(m.mrope_max_height, m.mrope_max_width) * m.patch_size
   for name, size in (("data.max_resolution", config.data.max_resolution), ("train.sample_size", t.sample_size)):
     _require(size <= most, f"{name}={size} is more than the mRoPE tables hold (model.mrope_max_height/width="
                            f"{m.mrope_max_height}/{m.mrope_max_width} patches of {m.patch_size}): use at most {most}")
+
+
+def _check_evaluation(config: ml_collections.ConfigDict) -> None:
+  e = config.evaluation
+  _require(e.inception_resize in RESIZES,
+           f"evaluation.inception_resize={e.inception_resize!r} is unknown: choose one of {RESIZES}")
+  _positive_ints(e, "evaluation", ("batch_size",))
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -232,6 +245,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check_optim(config)
   _check_data(config)
   _check_encoders(config)
+  _check_evaluation(config)
   return config
 
 

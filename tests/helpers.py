@@ -2,6 +2,7 @@
 
 - `require_torch`: torch, or a skip naming why; the comparisons with PyTorch need it, nothing else does.
 - `tiny_run_config`: a tiny training config that compiles once (one 32x32 bucket, batch 8 over 8 devices).
+- `tiny_inference_checkpoint`: an inference checkpoint of the tiny preset's freshly initialised network.
 - `global_norm`: the L2 norm over every leaf in Python floats, the reference for `optax.tree.norm`.
 - `hf_qwen3_config`, `hf_dinov3_config`, `randomize`: tiny random Hugging Face models (torch).
 - `original_config`, `original_inputs`, `original_model_and_params`: a fixture of the original PyTorch
@@ -12,13 +13,16 @@
 from __future__ import annotations
 
 import math
+import pathlib
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
 
 from configs import base
 from pixelhdm_jax.models.pixelhdm import PixelHDM
+from pixelhdm_jax.weights.inference import save_for_inference
 from pixelhdm_jax.weights.original import import_state_dict
 
 TORCH_REASON = "compares with PyTorch, which is not installed (pip install -e '.[test]' brings a CPU build)"
@@ -32,8 +36,20 @@ def require_torch():
 def tiny_run_config(**train_overrides):
   config = base.get_config("tiny")
   config.data.max_resolution = 32  # a single 32x32 bucket: one compiled program
-  config.train.update({"log_every": 1, "checkpoint_every": 3, "sample_prompts": (), **train_overrides})
+  config.train.update({"log_every": 1, "checkpoint_every": 3, "sample_prompts": (), "eval_every": 0,
+                       **train_overrides})
   return config
+
+
+def tiny_inference_checkpoint(directory: pathlib.Path, step: int) -> pathlib.Path:
+  """`save_for_inference` of the tiny preset's network at its seed-0 initialisation; returns the checkpoint."""
+  config = base.get_config("tiny")
+  model = PixelHDM.from_config(config.model)
+  size = model.patch_size
+  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, size, size, 3)), jnp.zeros((1,)),
+                               jnp.zeros((1, 1, model.text_dim)), jnp.ones((1, 1), bool),
+                               jnp.zeros((1, model.text_dim)))["params"]
+  return save_for_inference(directory, config, nn.unbox(params), step=step)
 
 
 def global_norm(tree) -> float:

@@ -18,11 +18,12 @@ LAYERS = (
     ("errors", "user_cache", "data"),
     ("perf.target", "perf.gpu_targets", "flow", "parallel", "compilation_cache"),
     ("kernels",),
-    ("models", "optim"),
+    ("models", "optim", "evaluation.inception"),
     ("encoders", "losses"),
     ("sample.solvers", "sample.guidance", "perf.flops"),
     ("config",),
     ("weights", "sample"),
+    ("evaluation",),
     ("train",),
     ("perf", "colab"),
 )

@@ -27,6 +27,9 @@ class CheckpointError(RuntimeError):
 # Config fields renamed after checkpoints were written with the old name: old -> new (`sample.sampler` was the
 # ODE solver, `data.sampler` the example order).
 RENAMED_FIELDS = {"sample.sampler": "sample.solver", "data.sampler": "data.order"}
+# Fields added after checkpoints were written without them: the value such a checkpoint gets (its behaviour then).
+ADDED_FIELDS = {"train.eval_every": 0, "train.eval_num_images": 2_000, "evaluation.inception_weights": "",
+                "evaluation.inception_resize": "pytorch_fid", "evaluation.reference": "", "evaluation.batch_size": 64}
 
 
 def config_json(config: ml_collections.ConfigDict) -> dict:
@@ -35,12 +38,16 @@ def config_json(config: ml_collections.ConfigDict) -> dict:
 
 
 def config_from_json(saved: dict) -> ml_collections.ConfigDict:
-  """The config stored in a checkpoint, with fields renamed since it was written under their new names."""
+  """The config stored in a checkpoint, with fields renamed since it was written under their new names and
+  fields added since at `ADDED_FIELDS`."""
   saved = json.loads(json.dumps(saved))  # a deep copy
   for old, new in RENAMED_FIELDS.items():
     (section, old_field), (_, new_field) = old.split("."), new.split(".")
     if old_field in saved.get(section, {}):
       saved[section].setdefault(new_field, saved[section].pop(old_field))
+  for name, value in ADDED_FIELDS.items():
+    section, field = name.split(".")
+    saved.setdefault(section, {}).setdefault(field, value)
   return ml_collections.ConfigDict(saved)
 
 

@@ -5,14 +5,9 @@ import pathlib
 import subprocess
 import sys
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 from PIL import Image
 
-from configs import base
-from pixelhdm_jax.models.pixelhdm import PixelHDM
-from pixelhdm_jax.weights.inference import save_for_inference
+from tests.helpers import tiny_inference_checkpoint
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -25,13 +20,7 @@ def _run(*flags: str) -> subprocess.CompletedProcess:
 
 
 def test_tiny_checkpoint_samples_pngs_and_a_grid(tmp_path):
-  config = base.get_config("tiny")
-  model = PixelHDM.from_config(config.model)
-  size = model.patch_size
-  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, size, size, 3)), jnp.zeros((1,)),
-                               jnp.zeros((1, 1, model.text_dim)), jnp.ones((1, 1), bool),
-                               jnp.zeros((1, model.text_dim)))["params"]
-  checkpoint = save_for_inference(tmp_path / "export", config, nn.unbox(params), step=7)
+  checkpoint = tiny_inference_checkpoint(tmp_path / "export", step=7)
   (tmp_path / "prompts.txt").write_text("a blue square\n\n")
   output = tmp_path / "out"
   result = _run(f"--workdir={checkpoint}", "--prompt=a red circle", f"--prompt_file={tmp_path / 'prompts.txt'}",

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 
 from configs import base
+from pixelhdm_jax.config import validate
 from pixelhdm_jax.models.pixelhdm import PixelHDM, abstract_params
 from pixelhdm_jax.weights.inference import load_for_inference, save_for_inference
 
@@ -21,8 +22,10 @@ def test_configs_of_older_checkpoints_load_under_the_new_names(tmp_path):
   saved = json.loads(metadata.read_text())
   saved["sample"]["sampler"] = saved["sample"].pop("solver")  # as written before the rename
   saved["data"]["sampler"] = saved["data"].pop("order")
+  del saved["evaluation"], saved["train"]["eval_every"]  # written before evaluation existed
   metadata.write_text(json.dumps(saved))
   loaded, weights, step = load_for_inference(directory)
   assert (loaded.sample.solver, loaded.data.order, step) == ("dpmpp_2m", "sequential", 1)
   assert "sampler" not in loaded.sample and "sampler" not in loaded.data
+  assert loaded.train.eval_every == 0 and validate(loaded) is loaded  # no evaluation, as when it was written
   jax.tree.map(np.testing.assert_array_equal, weights, params)
