@@ -40,7 +40,7 @@ def runtime_config(base: ml_collections.ConfigDict, *, num_steps: int, image_siz
 
   Square `image_size` images (one bucket, one compiled step), `images_per_chip` x chips per batch, the fsdp
   mesh axis over all chips, logs every step for short runs, one checkpoint and one sample grid (with
-  `sample_steps` solver steps) at the end.
+  `sample_steps` solver steps) at the end; no evaluation (`launch/evaluate.py` scores a workdir afterwards).
   """
   config = copy.deepcopy(base)
   config.data.min_resolution = config.data.max_resolution = image_size
@@ -49,6 +49,7 @@ def runtime_config(base: ml_collections.ConfigDict, *, num_steps: int, image_siz
   config.train.log_every = max(1, num_steps // 100)
   config.train.checkpoint_every = num_steps
   config.train.sample_every = 0
+  config.train.eval_every = 0
   config.train.sample_size = image_size
   config.sample.num_steps = sample_steps
   config.mesh.shape = (1, -1, 1)

@@ -4,7 +4,8 @@ The loop builds the mesh, the frozen encoders, the networks and the data, create
 restores the latest checkpoint into it), then runs one compiled step per bucket shape. Metrics leave the
 device one step late, so the host never stalls the device queue: every step only the skip counter that the
 divergence check needs, at `train.log_every` all of them, which go to the progress bar, the console,
-`metrics.jsonl` and TensorBoard. Checkpoints are asynchronous; SIGTERM (preemption) saves and returns.
+`metrics.jsonl` and TensorBoard. Checkpoints are asynchronous; SIGTERM (preemption) saves and returns. Sample
+grids and evaluations (`train.eval_every`) run between steps and only read the state.
 Every process runs this loop (one per host); only process 0 writes metrics, sample grids and the bar.
 """
 
@@ -28,6 +29,7 @@ from pixelhdm_jax.losses import repa_active
 from pixelhdm_jax.perf import flops
 from pixelhdm_jax.train.checkpoint import RunCheckpoints
 from pixelhdm_jax.train.metrics import MetricWriter
+from pixelhdm_jax.train.periodic_eval import PeriodicEvaluation
 from pixelhdm_jax.train.sample_grids import SampleGrids
 from pixelhdm_jax.train.setup import build_trainer, log_param_sharding
 
@@ -129,6 +131,9 @@ def _run(trainer, state, rng, loader, checkpoints, writer, preemption, workdir) 
   pending, last = _Pending(), {}
   timer = {"time": None, "step": None}
   sample_grids = SampleGrids(trainer, workdir, writer)
+  evaluation = PeriodicEvaluation(trainer, workdir)
+  if evaluation.enabled and step < total:
+    evaluation.prepare()
   bar = tqdm(total=train.num_steps, initial=step // accum, unit="step", dynamic_ncols=True,
              disable=jax.process_index() != 0)
   while step < total:
@@ -162,6 +167,9 @@ def _run(trainer, state, rng, loader, checkpoints, writer, preemption, workdir) 
       pending.timed = False
     if train.sample_prompts and (step == total or (train.sample_every and opt_step % train.sample_every == 0)):
       logging.info("sample grid of step %d: %s", opt_step, sample_grids(state, opt_step))
+      pending.timed = False
+    if evaluation.due(opt_step):
+      evaluation(state, opt_step)
       pending.timed = False
   last = _report(config, pending, timer, writer, bar) or last
   bar.close()

@@ -61,6 +61,25 @@ def test_resume_is_bit_identical(straight_and_resumed):
   assert resumed_losses == losses  # the same batches in the same order, before and after the restart
 
 
+def test_evaluation_scores_the_run_and_leaves_it_bit_identical(straight_and_resumed, tmp_path, monkeypatch):
+  """Evaluation at steps 3 and 6 (FID with random Inception weights, FD-DINOv3 of the tiny teacher) changes no
+  weight, optimizer state, random key or batch: the run equals the straight one without evaluation."""
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the cached reference statistics
+  config = tiny_run_config(num_steps=6, eval_every=3, eval_num_images=8, sample_size=32)
+  config.sample.num_steps = 2
+  workdir = tmp_path / "run"
+  train_and_evaluate(config, workdir)
+  straight, _ = straight_and_resumed
+  _assert_trees_equal(_checkpoint(straight, 6), _checkpoint(workdir, 6))
+  assert [m["loss"] for m in _metrics(workdir)] == [m["loss"] for m in _metrics(straight)]
+  results = [json.loads((workdir / "eval" / f"step_{step:08d}.json").read_text()) for step in (3, 6)]
+  for result in results:
+    assert result["random_inception_weights"] is True and result["num_images"] == 8
+    assert all(np.isfinite(result[k]) and result[k] >= 0 for k in ("fid", "fd_dinov3", "precision", "recall"))
+  assert results[0]["fd_dinov3"] != results[1]["fd_dinov3"]  # the EMA weights moved between the evaluations
+  assert len(list((tmp_path / "cache" / "pixelhdm_jax" / "reference_statistics").iterdir())) == 1
+
+
 def test_checkpoints_keep_and_config(straight_and_resumed):
   straight, _ = straight_and_resumed
   steps = sorted(int(p.name) for p in (straight / "checkpoints").iterdir() if p.name.isdigit())
