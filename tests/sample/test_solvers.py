@@ -5,11 +5,14 @@ E[x - eps | z_t = z] = mu + (t s^2 - (1 - t)) (z - t mu) / V_t. The ODE from z_0
 z_t = t mu + sqrt(V_t) eps, so its exact endpoint is mu + s eps.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pixelhdm_jax import flow
 from pixelhdm_jax.sample import solvers
 
 STEPS = (256, 512, 1024, 2048)  # past the pre-asymptotic range of every solver
@@ -32,14 +35,18 @@ def _gaussian_flow(xp=np, seed=0, dim=8, batch=4):
   return velocity, trajectory, eps
 
 
+@functools.cache
+def _sampler(solver, num_steps):
+  """`solvers.sample` on the Gaussian flow, compiled once per (solver, steps): the shift is an input."""
+  velocity, _, _ = _gaussian_flow()
+  return jax.jit(lambda z, shift: solvers.sample(velocity, z, solver=solver, num_steps=num_steps, shift=shift))
+
+
 def _errors(solver, steps, shift=1.0):
   """Max-abs endpoint errors in float64 for each step count."""
   with jax.enable_x64(True):
-    velocity, trajectory, eps = _gaussian_flow(jnp)
-    errors = []
-    for n in steps:
-      run = jax.jit(lambda z, n=n: solvers.sample(velocity, z, solver=solver, num_steps=n, shift=shift))
-      errors.append(float(jnp.max(jnp.abs(run(jnp.asarray(eps)) - trajectory(1.0)))))
+    _, trajectory, eps = _gaussian_flow(jnp)
+    errors = [float(jnp.max(jnp.abs(_sampler(solver, n)(jnp.asarray(eps), shift) - trajectory(1.0)))) for n in steps]
   return np.asarray(errors)
 
 
@@ -52,12 +59,17 @@ def _slope(steps, errors):
 def test_converges_at_theoretical_order(solver, shift):
   errors = _errors(solver, STEPS, shift)
   assert errors[-1] < (1e-2 if ORDER[solver] == 1 else 1e-3)
-  if solver == "dpmpp_2m":
-    # The grid reaches lambda = -inf and +inf, where lambda-steps stay O(1) however fine the grid: 2M's
-    # error is O(log N / N^2) (raw slope ~1.4 over 16..128 steps, ~1.75-1.83 over 256..2048).
-    errors = errors / np.log(STEPS)
   lo, hi = BAND[ORDER[solver]]
   assert lo <= _slope(STEPS, errors) <= hi, errors
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0, flow.resolution_shift(64, 64), flow.resolution_shift(512, 512)])
+def test_dpmpp_2m_is_second_order_from_few_steps_on_shifted_grids(shift):
+  # Shifts 1 and 3, and the resolution shifts of 64x64 and 512x512 images (0.25 and 2). Extrapolating x_hat in
+  # lambda, whose steps stay O(1) next to t = 0 and t = 1, gave orders 0.87-1.71 between 32 and 128 steps here.
+  errors = _errors("dpmpp_2m", (8, 16, 32, 64, 128), shift)
+  assert np.all(np.diff(errors) < 0), errors
+  assert np.all(np.log2(errors[2:-1] / errors[3:]) >= 1.7), errors
 
 
 def _original_dpmpp(velocity, z, ts):
