@@ -136,6 +136,7 @@ def _data(preset: str) -> ml_collections.ConfigDict:
   d.min_resolution = 32 if preset == "tiny" else 256
   d.max_resolution = 64 if preset == "tiny" else 512
   d.max_aspect_ratio = 2.0
+  d.allow_upscale = False  # False: each image in the best bucket it covers (never upscaled), smaller ones skipped
   d.order = "buffered_shuffle"  # random | sequential | buffered_shuffle (reshuffled every epoch)
   d.chunk_size = 4  # buffered_shuffle: buckets per shuffled chunk
   d.random_crop = False  # False = centre crop after the cover resize

@@ -183,6 +183,7 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
   _require(d.min_resolution <= d.max_resolution,
            f"data.min_resolution={d.min_resolution} exceeds data.max_resolution={d.max_resolution}")
   _require(d.max_aspect_ratio >= 1, f"data.max_aspect_ratio={d.max_aspect_ratio} must be >= 1 (2.0 as the original)")
+  _require(isinstance(d.allow_upscale, bool), f"data.allow_upscale must be True or False, got {d.allow_upscale!r}")
   _require(d.order in data_order.ORDERS,
            f"data.order={d.order!r} is unknown: choose one of {data_order.ORDERS}")
   _require(0 <= d.caption_dropout <= 1, f"data.caption_dropout={d.caption_dropout} must be in [0, 1]")

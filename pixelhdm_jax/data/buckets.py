@@ -16,6 +16,8 @@ ASPECT_RATIOS = (1.0, 4 / 3, 3 / 4, 3 / 2, 2 / 3, 16 / 9, 9 / 16, 2.0, 1 / 2)
 # Weights of the assignment score: aspect mismatch (log ratio) and lost pixel fraction.
 ASPECT_WEIGHT = 0.7
 PIXEL_WEIGHT = 0.3
+# `assign(..., allow_upscale=False)`'s id for an image that covers no bucket (the schedule leaves it out).
+NO_BUCKET = -1
 _ROWS_PER_CHUNK = 65536  # bounds the (images x buckets) score matrix of `assign`
 
 
@@ -38,6 +40,7 @@ class AspectRatioBucket:
     self.max_aspect_ratio = max_aspect_ratio
     self.buckets: list[tuple[int, int]] = _generate(min_resolution, max_resolution, patch_size, max_aspect_ratio)
     sizes = np.asarray(self.buckets, np.float64)
+    self._widths, self._heights = sizes[:, 0], sizes[:, 1]
     self._pixels = sizes[:, 0] * sizes[:, 1]
     self._log_aspects = np.log(sizes[:, 0] / sizes[:, 1])
 
@@ -56,22 +59,24 @@ class AspectRatioBucket:
     """The id of the bucket for an image of `width` x `height` pixels."""
     return int(self.assign(np.asarray([width]), np.asarray([height]))[0])
 
-  def assign(self, widths: np.ndarray, heights: np.ndarray) -> np.ndarray:
+  def assign(self, widths: np.ndarray, heights: np.ndarray, allow_upscale: bool = True) -> np.ndarray:
     """Bucket ids (int32) for arrays of image sizes, without decoding anything.
 
-    Among buckets with no more pixels than the image (no upscaling), the one minimising
-    0.7·|ln a - ln a_b| + 0.3·(P - P_b)/P wins, the first (smallest) on ties. An image smaller than every
-    bucket gets the best aspect match among the smallest buckets; a non-positive size gets bucket 0.
+    The original's rule (`allow_upscale=True`): among buckets with no more pixels than the image, the one
+    minimising 0.7·|ln a - ln a_b| + 0.3·(P - P_b)/P wins, the first (smallest) on ties. An image smaller than
+    every bucket gets the best aspect match among the smallest buckets; a non-positive size gets bucket 0.
+    Fewer pixels do not rule out upscaling (270x500 gets 256x512), so with `allow_upscale=False` only buckets
+    that fit inside the image (both sides) compete, and an image that covers none gets `NO_BUCKET`.
     """
     widths = np.asarray(widths, np.float64).reshape(-1)
     heights = np.asarray(heights, np.float64).reshape(-1)
     ids = np.zeros(widths.shape, np.int32)
     for start in range(0, len(widths), _ROWS_PER_CHUNK):
       chunk = slice(start, start + _ROWS_PER_CHUNK)
-      ids[chunk] = self._assign_chunk(widths[chunk], heights[chunk])
+      ids[chunk] = self._assign_chunk(widths[chunk], heights[chunk], allow_upscale)
     return ids
 
-  def _assign_chunk(self, widths: np.ndarray, heights: np.ndarray) -> np.ndarray:
+  def _assign_chunk(self, widths: np.ndarray, heights: np.ndarray, allow_upscale: bool) -> np.ndarray:
     valid = (widths > 0) & (heights > 0)
     w = np.where(valid, widths, 1.0)
     h = np.where(valid, heights, 1.0)
@@ -79,8 +84,13 @@ class AspectRatioBucket:
     pixels = (w * h)[:, None]
     aspect_loss = np.abs(log_aspect - self._log_aspects[None, :])
     score = ASPECT_WEIGHT * aspect_loss + PIXEL_WEIGHT * (pixels - self._pixels[None, :]) / pixels
-    fits = self._pixels[None, :] <= pixels
+    if allow_upscale:
+      fits = self._pixels[None, :] <= pixels
+    else:
+      fits = (self._widths[None, :] <= w[:, None]) & (self._heights[None, :] <= h[:, None])
     best = np.argmin(np.where(fits, score, np.inf), axis=1)
+    if not allow_upscale:
+      return np.where(valid & fits.any(axis=1), best, NO_BUCKET)
     smallest = self._pixels == self._pixels.min()
     fallback = np.argmin(np.where(smallest[None, :], aspect_loss, np.inf), axis=1)
     ids = np.where(fits.any(axis=1), best, fallback)

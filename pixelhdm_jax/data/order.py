@@ -11,8 +11,11 @@ schedule without talking to the others (each then loads its own slice of each gl
   order is shuffled, buckets inside a chunk go in ascending size, indices inside a bucket are shuffled,
   and all batches of a bucket come before the next bucket's.
 
-Incomplete batches are always dropped (the original's `drop_last`): a bucket's leftover samples differ
-from epoch to epoch wherever its indices are shuffled.
+Every image trains every epoch: a bucket's last, incomplete batch is completed by wrapping around to the
+start of that bucket's order for the epoch (its first images again, cyclically when the bucket holds fewer
+images than a batch), where the original dropped it (`drop_last`). The fills are thus a pure function of
+(seed, epoch, bucket) and every batch keeps exactly `batch_size` images of one bucket (static shapes).
+Records with bucket id `NO_BUCKET` (too small for every bucket) are left out.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+
+from pixelhdm_jax.data.buckets import NO_BUCKET
 
 ORDERS = ("random", "sequential", "buffered_shuffle")  # `data.order`
 _SCHEDULE_STREAM = 0  # keeps the schedule's random stream apart from the per-sample augmentation stream
@@ -51,18 +56,16 @@ class BatchSchedule:
     self.order = order
     self.seed = seed
     self.chunk_size = chunk_size
-    present, first = np.unique(bucket_ids, return_index=True)
-    order = np.argsort(bucket_ids, kind="stable")
-    splits = np.split(order, np.cumsum(np.bincount(bucket_ids)[present])[:-1])
-    by_bucket = dict(zip(present.tolist(), splits))
-    # Buckets in order of first appearance, as the original's grouping dict.
-    self._groups = {int(b): by_bucket[b] for b in present[np.argsort(first)].tolist()}
-    self.batches_per_epoch = sum(len(idx) // batch_size for idx in self._groups.values())
+    self._groups = _group_by_bucket(bucket_ids)
+    self.bucket_count = len(self._groups)
+    self.images_per_epoch = sum(len(indices) for indices in self._groups.values())
+    if self.images_per_epoch == 0:
+      raise ValueError(f"no image to schedule: the dataset has {len(bucket_ids)} records and "
+                       f"{int((bucket_ids == NO_BUCKET).sum())} of them are too small for every bucket (set "
+                       "data.allow_upscale=True to upscale them, or lower data.min_resolution)")
+    self.batches_per_epoch = sum(-(-len(indices) // batch_size) for indices in self._groups.values())
     self.samples_per_epoch = self.batches_per_epoch * batch_size
-    if self.batches_per_epoch == 0:
-      largest = max((len(i) for i in self._groups.values()), default=0)
-      raise ValueError(f"no bucket holds a full batch: the largest bucket has {largest} samples but the global "
-                       f"batch size is {batch_size}; lower train.batch_size, add data or narrow the bucket range")
+    self.repeats_per_epoch = self.samples_per_epoch - self.images_per_epoch
     self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
   def __getstate__(self):
@@ -103,6 +106,19 @@ class BatchSchedule:
     return indices, np.asarray([b for b, _ in batches], np.int32)
 
   def _cut(self, bucket: int, indices: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    full = len(indices) // self.batch_size
-    rows = indices[:full * self.batch_size].reshape(full, self.batch_size)
+    """The bucket's batches in `indices` order, the last one completed from the start of `indices` (cyclically)."""
+    count = -(-len(indices) // self.batch_size)
+    rows = np.resize(indices, count * self.batch_size).reshape(count, self.batch_size)
     return [(bucket, row) for row in rows]
+
+
+def _group_by_bucket(bucket_ids: np.ndarray) -> dict[int, np.ndarray]:
+  """Record indices of each bucket in dataset order, buckets in order of first appearance (the original's
+  grouping dict); records with `NO_BUCKET` are left out."""
+  kept = np.flatnonzero(bucket_ids != NO_BUCKET)
+  ids = bucket_ids[kept]
+  present, first = np.unique(ids, return_index=True)
+  order = kept[np.argsort(ids, kind="stable")]
+  splits = np.split(order, np.cumsum(np.bincount(ids)[present])[:-1])
+  by_bucket = dict(zip(present.tolist(), splits))
+  return {int(b): by_bucket[b] for b in present[np.argsort(first)].tolist()}

@@ -29,7 +29,7 @@ import numpy as np
 from absl import logging
 
 from pixelhdm_jax.data import images as image_ops
-from pixelhdm_jax.data.buckets import AspectRatioBucket, buckets_from_config
+from pixelhdm_jax.data.buckets import NO_BUCKET, AspectRatioBucket, buckets_from_config
 from pixelhdm_jax.data.order import BatchSchedule
 from pixelhdm_jax.data.sources import ImageTextSource, build_source
 
@@ -89,6 +89,24 @@ class LoadBatch(grain.transforms.Map):
     raise RuntimeError(f"no sample of a bucket-{size} batch could be loaded") from error
 
 
+def training_bucket_ids(source: ImageTextSource, buckets: AspectRatioBucket,
+                        allow_upscale: bool) -> tuple[np.ndarray, int]:
+  """Bucket id of every record for the schedule, and how many images left the bucket of the original's rule.
+
+  The original's rule (`source.bucket_ids`, kept with `allow_upscale`) compares pixel counts only, so it can
+  pick a bucket taller or wider than the image, and gives an image smaller than every bucket the smallest one:
+  `cover_crop` then upscales. Otherwise an image of known size goes to the best bucket it covers on both sides
+  and one that covers none gets `NO_BUCKET` (left out of the schedule).
+  """
+  image_sizes = getattr(source, "image_sizes", None)  # optional: a source drawn at any size has none
+  if allow_upscale or image_sizes is None:
+    return source.bucket_ids(buckets), 0
+  sizes = image_sizes()
+  ids = buckets.assign(sizes[:, 0], sizes[:, 1], allow_upscale=False)
+  moved = (ids != NO_BUCKET) & (ids != buckets.assign(sizes[:, 0], sizes[:, 1]))
+  return ids, int(moved.sum())
+
+
 def build_train_dataset(config, tokenizer, *, process_index: int = 0, process_count: int = 1, start_step: int = 0,
                         source: ImageTextSource | None = None) -> grain.IterDataset:
   """The Grain dataset of host-local training batches, from batch `start_step` on (endless).
@@ -104,10 +122,13 @@ def build_train_dataset(config, tokenizer, *, process_index: int = 0, process_co
   d = config.data
   buckets = buckets_from_config(config)
   source = build_source(d) if source is None else source
-  schedule = BatchSchedule(source.bucket_ids(buckets), config.train.batch_size, d.order, config.seed, d.chunk_size)
-  logging.info("data: %d samples in %d buckets, %d batches of %d per epoch (%d samples dropped per epoch)",
-               len(source), len(buckets), schedule.batches_per_epoch, schedule.batch_size,
-               len(source) - schedule.samples_per_epoch)
+  bucket_ids, moved = training_bucket_ids(source, buckets, d.allow_upscale)
+  schedule = BatchSchedule(bucket_ids, config.train.batch_size, d.order, config.seed, d.chunk_size)
+  logging.info("data: %d images, %d used in %d of %d buckets (%d skipped as too small for every bucket, %d moved to "
+               "a bucket they cover: data.allow_upscale=%s); per epoch %d batches of %d = %d images + %d repeats "
+               "completing each bucket's last batch", len(source), schedule.images_per_epoch, schedule.bucket_count,
+               len(buckets), len(source) - schedule.images_per_epoch, moved, d.allow_upscale,
+               schedule.batches_per_epoch, schedule.batch_size, schedule.images_per_epoch, schedule.repeats_per_epoch)
   load = LoadBatch(source, schedule, buckets, tokenizer, seed=config.seed, caption_dropout=d.caption_dropout,
                    random_crop=d.random_crop, random_flip=d.random_flip, process_index=process_index,
                    process_count=process_count)

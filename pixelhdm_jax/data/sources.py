@@ -6,6 +6,9 @@ A source is random access and knows each record's bucket without decoding it:
   source.bucket_ids(buckets)   int32 bucket id of every record
   source.example(i, size)      (PIL image, caption) of record i; `size` = (width, height) of its bucket,
                                a hint that lets a JPEG decode at a reduced scale
+  source.image_sizes()         (optional) (N, 2) stored (width, height) of every record, so the loader can
+                               leave out images too small for every bucket; a source without it (synthetic:
+                               drawn at any size) never upscales
 
 Sources are pickled into Grain's worker processes, so they open files lazily.
 """
@@ -138,6 +141,11 @@ class FolderSource(_LazyDataSource):
       logging.info("bucket settings differ from the prepared index: reassigning %d images", len(index["width"]))
       return buckets.assign(index["width"], index["height"])
 
+  def image_sizes(self) -> np.ndarray:
+    """(N, 2) int64 (width, height) of every record, upright, from the prepared index."""
+    with np.load(prepare.index_path(self.path, self.split)) as index:
+      return np.stack([index["width"], index["height"]], 1).astype(np.int64)
+
   def example(self, index: int, size: tuple[int, int]) -> tuple[Image.Image, str]:
     record = self.data_source[int(index)]
     image = image_ops.open_image(record["image"], size if self.jpeg_draft else None)
@@ -176,17 +184,18 @@ class TfdsSource(_LazyDataSource):
     return self._builder().as_data_source(self.split, decoders=decoders)
 
   def bucket_ids(self, buckets: AspectRatioBucket) -> np.ndarray:
-    if len(self._shape) == 3 and None not in self._shape[:2]:
-      height, width = self._shape[:2]
-      return buckets.assign(np.full(len(self), width), np.full(len(self), height))
     sizes = self.image_sizes()
     return buckets.assign(sizes[:, 0], sizes[:, 1])
 
   def image_sizes(self) -> np.ndarray:
-    """(N, 2) int64 (width, height) of every record, 0 for a broken one: from the cache, else the headers.
+    """(N, 2) int64 (width, height) of every record, 0 for a broken one: the feature's static shape, else the
+    cache, else the headers.
 
     Sizes rather than bucket ids are cached, so changed bucket settings reuse the cache.
     """
+    if len(self._shape) == 3 and None not in self._shape[:2]:
+      height, width = self._shape[:2]
+      return np.tile(np.asarray([width, height], np.int64), (len(self), 1))
     key = json.dumps([self._location, self.name, self._version, self.split, self.image_feature, len(self)])
     stem = re.sub(r"[^\w.-]+", "_", f"{self.name}-{self._version}-{self.split}")
     path = size_cache_dir() / f"{stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
@@ -202,11 +211,12 @@ class TfdsSource(_LazyDataSource):
     for i in tqdm.trange(len(self), desc=f"reading image sizes of {self.name}", unit="img"):
       try:
         sizes[i] = self._image(self.data_source[i][self.image_feature], None).size
-      except Exception:  # noqa: BLE001  (a broken record gets bucket 0; loading it later substitutes another)
+      except Exception:  # noqa: BLE001  (a broken record has size 0: it covers no bucket)
         broken += 1
     if broken:
-      logging.warning("%d of %d records of %s have an unreadable image: they go to bucket 0 and are replaced "
-                      "by another record when loaded", broken, len(self), self.name)
+      logging.warning("%d of %d records of %s have an unreadable image: the loader leaves them out as too small "
+                      "(with data.allow_upscale=True they go to bucket 0 and another record replaces them when "
+                      "loaded)", broken, len(self), self.name)
     return sizes
 
   def _image(self, value, size: tuple[int, int] | None) -> Image.Image:

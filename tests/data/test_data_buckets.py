@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from configs import base
-from pixelhdm_jax.data.buckets import AspectRatioBucket, buckets_from_config
+from pixelhdm_jax.data.buckets import NO_BUCKET, AspectRatioBucket, buckets_from_config
 
 # The original's list (docs/original.md §8), (w, h), in its id order.
 ORIGINAL_256_512 = [
@@ -74,6 +74,36 @@ def test_assign_never_upscales_pixels_and_matches_bucket_for():
     assert bucket == buckets.bucket_for(int(w), int(h))
     bw, bh = buckets[bucket]
     assert bw * bh <= w * h or w * h < 256 * 256
+
+
+# Without upscaling (256..512): only buckets inside the image compete; by hand as above.
+COVERED_ASSIGNMENTS = [
+    ((600, 400), (512, 336)),  # the original's bucket fits inside: unchanged
+    ((270, 500), (256, 384)),  # the original's 256x512 is 12 rows taller; 256x384: 0.147 + 0.082 beats 256x256
+    ((320, 240), None),  # 240 rows: no bucket fits (the original upscales it into 256x256)
+    ((1000, 250), None),
+    ((0, 100), None),
+]
+
+
+@pytest.mark.parametrize("size,expected", COVERED_ASSIGNMENTS)
+def test_assignment_without_upscaling(size, expected):
+  buckets = AspectRatioBucket(256, 512, 16, 2.0)
+  [bucket] = buckets.assign(*np.asarray([size]).T, allow_upscale=False)
+  assert (None if bucket == NO_BUCKET else buckets[bucket]) == expected
+
+
+def test_assign_without_upscaling_keeps_every_covered_bucket_and_skips_only_short_sides():
+  buckets = AspectRatioBucket(256, 1024, 16)
+  rng = np.random.default_rng(1)
+  widths, heights = rng.integers(150, 1500, 2000), rng.integers(150, 1500, 2000)
+  original, covered = buckets.assign(widths, heights), buckets.assign(widths, heights, allow_upscale=False)
+  sides = np.asarray(buckets.buckets)
+  fits = (sides[original, 0] <= widths) & (sides[original, 1] <= heights)
+  np.testing.assert_array_equal(covered[fits], original[fits])
+  np.testing.assert_array_equal(covered == NO_BUCKET, np.minimum(widths, heights) < 256)
+  kept = covered != NO_BUCKET
+  assert ((sides[covered[kept]] <= np.stack([widths, heights], 1)[kept]).all() and (~fits & kept).any())
 
 
 def test_assign_in_chunks_equals_assign_at_once(monkeypatch):

@@ -1,6 +1,7 @@
 """The Grain loader: batch format, one bucket per batch, exact resume (Grain state, Orbax, workers), multi-host."""
 
 import io
+import logging
 
 import grain
 import numpy as np
@@ -89,16 +90,16 @@ def test_batches_are_one_bucket_with_matching_captions(tiny_config):
   assert len(seen_buckets) > 1 and dropped > 5 and kept > 40
 
 
-def test_epoch_covers_each_sample_once_then_reshuffles(tiny_config):
+def test_epoch_covers_every_sample_then_reshuffles(tiny_config):
   tiny_config.data.order = "random"
   dataset = build_train_dataset(tiny_config, ByteTokenizer(32))
   buckets = buckets_from_config(tiny_config)
   counts = np.bincount(SyntheticSource(96).bucket_ids(buckets), minlength=len(buckets))
-  per_epoch = int(sum(counts // 8))
+  per_epoch = int(sum(-(-counts // 8)))  # each bucket's last batch is completed with its own images
   batches = take(iter(dataset), 2 * per_epoch)
   first = np.concatenate([b["index"] for b in batches[:per_epoch]])
   second = np.concatenate([b["index"] for b in batches[per_epoch:]])
-  assert len(set(first.tolist())) == len(first) == per_epoch * 8
+  assert sorted(set(first.tolist())) == list(range(96)) and len(first) == per_epoch * 8
   assert not np.array_equal(first, second)
 
 
@@ -149,6 +150,57 @@ def test_global_batch_is_the_same_for_1_2_and_4_processes(tiny_config, order):
   tiny_config.data.update(random_crop=False, random_flip=False)
   plain = take(build_train_loader(tiny_config, tokenizer, source=source), steps)
   assert any(not np.array_equal(p["images"], s["images"]) for p, s in zip(plain, single))  # augmentation acts
+
+
+class SizedPhotoSource(PhotoSource):
+  """Photos of the given sizes whose sizes are known without decoding (as a prepared folder or TFDS)."""
+
+  def __init__(self, sizes):
+    super().__init__()
+    self.sizes = np.asarray(sizes)
+
+  def image_sizes(self):
+    return self.sizes
+
+
+# Against the tiny buckets (32..64): 80x80 fits 64x64; 60x70 gets 64x64 by the original's pixel rule (4096 <= 4200
+# pixels) but covers only 48x64 at most; 20x60 is narrower than every bucket (the original puts it in 32x32).
+SIZES = [(80, 80)] * 8 + [(60, 70)] * 3 + [(20, 60)] * 3
+
+
+def test_images_too_small_for_every_bucket_are_skipped_and_none_is_upscaled(tiny_config, caplog):
+  caplog.set_level(logging.INFO)
+  source = SizedPhotoSource(SIZES)
+  buckets = buckets_from_config(tiny_config)
+  batches = take(build_train_loader(tiny_config, ByteTokenizer(32), source=source), 2)  # one epoch
+  assert ("data: 14 images, 11 used in 2 of 6 buckets (3 skipped as too small for every bucket, 3 moved to a bucket "
+          "they cover: data.allow_upscale=False); per epoch 2 batches of 8 = 11 images + 5 repeats completing each "
+          "bucket's last batch") in caplog.text
+  assert sorted({int(i) for b in batches for i in b["index"]}) == list(range(11))
+  for batch in batches:
+    width, height = buckets[int(batch["bucket_id"][0])]
+    assert (source.sizes[batch["index"]] >= (width, height)).all()  # cover_crop only shrinks
+  assert sorted(buckets[int(b["bucket_id"][0])] for b in batches) == [(48, 64), (64, 64)]
+
+  caplog.clear()
+  tiny_config.data.allow_upscale = True  # the original's buckets: 60x70 in 64x64, 20x60 in 32x32
+  batches = take(build_train_loader(tiny_config, ByteTokenizer(32), source=source), 3)
+  assert "14 used in 2 of 6 buckets (0 skipped as too small for every bucket, 0 moved" in caplog.text
+  assert sorted({int(i) for b in batches for i in b["index"]}) == list(range(14))
+
+
+def test_fill_batches_split_over_processes_like_any_batch(tiny_config):
+  """The 48x64 batch holds 3 images and 5 repeats: each process's slice is its share of that global batch."""
+  tiny_config.data.update(order="random", random_crop=True, random_flip=True)
+  source, tokenizer = SizedPhotoSource(SIZES), ByteTokenizer(32)
+  single = take(build_train_loader(tiny_config, tokenizer, source=source), 4)  # two epochs
+  assert sorted(len(set(b["index"].tolist())) for b in single) == [3, 3, 8, 8]
+  for count in (2, 4):
+    loaders = [build_train_loader(tiny_config, tokenizer, process_index=p, process_count=count, source=source)
+               for p in range(count)]
+    for reference in single:
+      local = [next(loader) for loader in loaders]
+      assert_same_batches([{key: np.concatenate([b[key] for b in local]) for key in local[0]}], [reference])
 
 
 def test_unreadable_sample_is_replaced_from_the_same_batch(tiny_config):

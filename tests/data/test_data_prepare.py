@@ -2,6 +2,7 @@
 
 import io
 import json
+import logging
 import os
 import pathlib
 import subprocess
@@ -23,6 +24,10 @@ def run(corpus, out, **kwargs):
   kwargs.setdefault("max_image_pixels", bad_corpus.BIG_LIMIT)
   kwargs.setdefault("validation_fraction", 0.0)
   return prepare.prepare_folder(corpus, out, BUCKETS, progress=False, **kwargs)
+
+
+def take(iterator, n):
+  return [next(iterator) for _ in range(n)]
 
 
 def records(out, split="train"):
@@ -116,6 +121,23 @@ def test_prepared_folder_feeds_the_loader(corpus, tmp_path, tiny_config):
     assert batch["images"].shape == (2, height, width, 3)
     for index, ids, mask in zip(batch["index"], batch["token_ids"], batch["token_mask"]):
       assert bytes((ids[mask] - 1).astype(np.uint8).tolist()) == rows[index]["caption"][:32]
+
+
+def test_loader_skips_images_too_small_for_the_runs_buckets(corpus, tmp_path, tiny_config, caplog):
+  """Prepared for 32..64 px, trained on 48..64 px: the 40x80 image (upright) covers no bucket any more."""
+  caplog.set_level(logging.INFO)
+  out = tmp_path / "out"
+  run(corpus, out)
+  source, rows = records(out)
+  index = np.load(prepare.index_path(out, "train"))
+  np.testing.assert_array_equal(source.image_sizes(), np.stack([index["width"], index["height"]], 1))
+  tiny_config.data.update(source="folder", path=str(out), min_resolution=48, order="sequential")
+  tiny_config.train.batch_size = 2
+  loader = build_train_loader(tiny_config, ByteTokenizer(32))
+  assert "18 images, 17 used in" in caplog.text and "(1 skipped as too small for every bucket" in caplog.text
+  assert "per epoch 10 batches of 2 = 17 images + 3 repeats" in caplog.text  # 3 buckets of an odd count
+  seen = {int(i) for batch in take(loader, 10) for i in batch["index"]}
+  assert [row["path"].decode() for i, row in enumerate(rows) if i not in seen] == ["exif/rotated.jpg"]
 
 
 def test_nothing_usable_is_reported(tmp_path):

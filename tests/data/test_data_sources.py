@@ -204,6 +204,7 @@ BAD_DATA = [
     ({"min_resolution": 40}, r"data.min_resolution=40 is not a multiple of model.patch_size=16: use 32"),
     ({"min_resolution": 128, "max_resolution": 64}, r"data.min_resolution=128 exceeds data.max_resolution=64"),
     ({"max_aspect_ratio": 0.5}, r"data.max_aspect_ratio=0.5 must be >= 1"),
+    ({"allow_upscale": None}, r"data.allow_upscale must be True or False, got None"),
     ({"order": "shuffle"}, r"data.order='shuffle' is unknown"),
     ({"caption_dropout": 1.5}, r"data.caption_dropout=1.5 must be in \[0, 1\]"),
     ({"num_workers": -1}, r"data.num_workers must be an integer >= 0"),

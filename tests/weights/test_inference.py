@@ -22,7 +22,7 @@ def test_configs_of_older_checkpoints_load_under_the_new_names(tmp_path):
   saved = json.loads(metadata.read_text())
   saved["sample"]["sampler"] = saved["sample"].pop("solver")  # as written before the rename
   saved["data"]["sampler"] = saved["data"].pop("order")
-  del saved["evaluation"], saved["train"]["eval_every"]  # written before evaluation existed
+  del saved["evaluation"], saved["train"]["eval_every"], saved["data"]["allow_upscale"]  # written before they existed
   metadata.write_text(json.dumps(saved))
   loaded, weights, step = load_for_inference(directory)
   assert (loaded.sample.solver, loaded.data.order, step) == ("dpmpp_2m", "sequential", 1)
