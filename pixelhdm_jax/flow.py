@@ -28,13 +28,19 @@ def resolution_shift(height: int, width: int, base: int = 256) -> float:
   return math.sqrt(height * width) / base
 
 
-def sample_time(rng: jax.Array, batch: int, *, p_mean: float = 0.0, p_std: float = 1.0, t_eps: float = 0.05,
+def time_range(t_eps: float) -> tuple[float, float]:
+  """The interval that training draws t from: [t_eps, 1 - t_eps] (the solvers evaluate the network inside it)."""
+  return t_eps, 1.0 - t_eps
+
+
+def sample_time(rng: jax.Array, batch: int, *, p_mean: float = 0.0, p_std: float = 1.0, t_eps: float = 0.0,
                 shift: float = 1.0) -> jax.Array:
-  """Logit-normal t = sigmoid(p_mean + p_std u), optionally shifted, then mapped into [t_eps, 1 - t_eps]."""
+  """Logit-normal t = sigmoid(p_mean + p_std u), optionally shifted, then mapped onto `time_range(t_eps)`."""
   t = jax.nn.sigmoid(p_mean + p_std * jax.random.normal(rng, (batch,), jnp.float32))
   if shift != 1.0:
     t = time_shift(t, shift)
-  return t_eps + (1.0 - 2.0 * t_eps) * t
+  low, high = time_range(t_eps)
+  return low + (high - low) * t
 
 
 def interpolate(x: jax.Array, noise: jax.Array, t: jax.Array) -> jax.Array:
