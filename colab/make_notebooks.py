@@ -81,7 +81,7 @@ checkpoint, samples images with the compiled pipeline on every chip, then export
     ("parameters", _REPO_PARAMETERS + """
 CHECKPOINT = "/content/pixelhdm_tiny"  # a training workdir or an exported checkpoint
 EXPORT_DIR = "/content/pixelhdm_export"
-PROMPTS = ["a red circle on a blue background", "a yellow square on a green background"]
+PROMPTS = ["a red circle on blue", "a yellow square on green"]  # the tiny run's caption wording
 NUM_IMAGES_PER_PROMPT = 2
 IMAGE_SIZE = 64
 SAMPLE_STEPS = 30
