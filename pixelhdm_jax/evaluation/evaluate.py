@@ -35,14 +35,16 @@ def sample_features(pipeline: Pipeline, extractors: Extractors, prompts: Sequenc
   pipeline's `config.sample` settings; `params` other weights of the network (e.g. the EMA in training)."""
   if not prompts:
     raise ValueError("no prompts to evaluate with: the reference holds no captions, pass a prompt file")
-  chunk = extractors.batch_size
+  chunk = min(extractors.batch_size, num_images)
   parts: dict[str, list[np.ndarray]] = {name: [] for name in extractors.names}
   with tqdm(total=num_images, desc="evaluation images", unit="img", disable=not progress) as bar:
     for start in range(0, num_images, chunk):
       count = min(chunk, num_images - start)
-      chunk_prompts = [prompts[(start + i) % len(prompts)] for i in range(count)]
+      # Always a full chunk (the last one's extra images are dropped): one compiled sampling loop for every chunk
+      # and every evaluation of a run. Image k of a chunk keeps its noise, fold_in(key(seed + start), k).
+      chunk_prompts = [prompts[(start + i) % len(prompts)] for i in range(chunk)]
       request = SampleRequest(chunk_prompts, height=size, width=size, seed=seed + start)
-      images = pipeline.generate(request, params=params)
+      images = pipeline.generate(request, params=params)[:count]
       for name, value in extractors(images).items():
         parts[name].append(value)
       bar.update(count)

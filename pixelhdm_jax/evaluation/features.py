@@ -79,7 +79,8 @@ class Extractors:
     return tuple(self.params)
 
   def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-    """Features {name: (N, C) float32} of uint8 images (N, H, W, 3), `evaluation.batch_size` at a time."""
+    """Features {name: (N, C) float32} of uint8 images (N, H, W, 3), `evaluation.batch_size` at a time; every
+    batch is padded to that size (rounded up to the batch devices), so an image size compiles once."""
     sharding = parallel.batch_sharding(self.mesh, self.rules)
     multiple = parallel.batch_devices(self.mesh, self.rules)
     step = -(-self.batch_size // multiple) * multiple
@@ -87,7 +88,7 @@ class Extractors:
     for start in range(0, len(images), step):
       batch = np.asarray(images[start:start + step], np.uint8)
       count = len(batch)
-      padded = np.concatenate([batch, np.zeros((-count % multiple, *batch.shape[1:]), np.uint8)])
+      padded = np.concatenate([batch, np.zeros((step - count, *batch.shape[1:]), np.uint8)])
       placed = jax.make_array_from_callback(padded.shape, sharding, lambda index, x=padded: x[index])
       with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
         out = self._features(self.params, placed)

@@ -105,19 +105,18 @@ def compute_reference(config: ml_collections.ConfigDict, extractors: Extractors,
                       progress: bool = True) -> Reference:
   """The reference of `num_images` images of `config.data` at size x size."""
   statistics: dict[str, FeatureStatistics] = {}
-  kept: dict[str, list[np.ndarray]] = {DINOV3: []}
-  all_captions = []
+  dinov3_parts, all_captions = [], []
   with tqdm(total=num_images, desc="reference images", unit="img", disable=not progress) as bar:
     for images, captions in reference_images(config, num_images, size, extractors.batch_size):
       features = extractors(images)
       for name, value in features.items():
         statistics.setdefault(name, FeatureStatistics(value.shape[1])).update(value)
       if DINOV3 in features:
-        kept[DINOV3].append(features[DINOV3])
+        dinov3_parts.append(features[DINOV3])
       all_captions += captions
       bar.update(len(images))
   return Reference({name: s.mean_and_covariance() for name, s in statistics.items()},
-                   {name: np.concatenate(parts) for name, parts in kept.items() if parts}, all_captions,
+                   {DINOV3: np.concatenate(dinov3_parts)} if dinov3_parts else {}, all_captions,
                    reference_key(config, extractors, size, num_images))
 
 
