@@ -118,6 +118,9 @@ def _train(preset: str) -> ml_collections.ConfigDict:
       if preset == "tiny" else ("a photo of a cat", "a watercolor painting of a lighthouse at dusk")
   t.sample_size = 64 if preset == "tiny" else 512  # square sample grids, pixels per side
   t.max_nonfinite_steps = 20  # consecutive skipped (non-finite) steps before training stops
+  # Fine-tuning: a new run starts from the network (and EMA) weights of a workdir, an export or an imported original
+  # checkpoint, with a fresh optimizer at step 0 (docs/training.md); "" = random init. A resumed run ignores it.
+  t.init_from = ""
   # FID, FD-DINOv3, precision and recall of eval_num_images EMA samples at sample_size (docs/evaluation.md), every
   # eval_every steps and at the end; 0 = off. tiny: at the end (num_steps).
   t.eval_every = 300 if preset == "tiny" else 10_000

@@ -32,12 +32,14 @@ RESUMABLE_WITH_OTHER = frozenset({"attention", "remat_policy", "scan_layers", "c
                                   "allow_download"})
 
 
-def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+def differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+  """'field: checkpoint X, this run Y' for each setting of two config sections (as JSON) that differs, apart
+  from those in `RESUMABLE_WITH_OTHER`."""
   out = []
   for key in sorted((set(saved) | set(current)) - RESUMABLE_WITH_OTHER):
     a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
     if isinstance(a, dict) and isinstance(b, dict):
-      out += _differences(a, b, f"{prefix}{key}.")
+      out += differences(a, b, f"{prefix}{key}.")
     elif a != b and not (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and list(a) == list(b)):
       out.append(f"{prefix}{key}: checkpoint {a!r}, this run {b!r}")
   return out
@@ -82,7 +84,7 @@ class RunCheckpoints:
     current = config_json(config)
     problems = []
     for section in ("model", "text", "dino"):
-      problems += _differences(saved.get(section, {}), current.get(section, {}), f"{section}.")
+      problems += differences(saved.get(section, {}), current.get(section, {}), f"{section}.")
     if problems:
       raise CheckpointError(f"checkpoint {self.directory / str(step)} was written for another model: "
                             + "; ".join(problems) + ". Use a new --workdir or the checkpoint's settings")

@@ -28,6 +28,7 @@ from pixelhdm_jax.data.pipeline import build_train_loader
 from pixelhdm_jax.losses import repa_active
 from pixelhdm_jax.perf import flops
 from pixelhdm_jax.train.checkpoint import RunCheckpoints
+from pixelhdm_jax.train.init_from import initialize_from
 from pixelhdm_jax.train.metrics import MetricWriter
 from pixelhdm_jax.train.periodic_eval import PeriodicEvaluation
 from pixelhdm_jax.train.sample_grids import SampleGrids
@@ -100,9 +101,13 @@ def _train(config, workdir, mesh, rules) -> dict[str, float]:
   if latest is None:
     init_rng, rng = jax.random.split(jax.random.key(config.seed))
     state = trainer.new_state(init_rng)
+    if config.train.init_from:
+      state = initialize_from(state, config.train.init_from, config)
     logging.info("new run in %s", workdir)
   else:
     checkpoints.check_config(latest, config)
+    if config.train.init_from:
+      logging.info("resuming: train.init_from=%s applies to a new run only", config.train.init_from)
     state, rng = checkpoints.restore(latest, trainer.abstract_state())
     if not checkpoints.restore_data(latest, loader):
       # Batches are a pure function of the step, so the loader can restart exactly where the run stopped.

@@ -28,9 +28,9 @@ class CheckpointError(RuntimeError):
 # ODE solver, `data.sampler` the example order).
 RENAMED_FIELDS = {"sample.sampler": "sample.solver", "data.sampler": "data.order"}
 # Fields added after checkpoints were written without them: the value such a checkpoint gets (its behaviour then).
-ADDED_FIELDS = {"train.eval_every": 0, "train.eval_num_images": 2_000, "evaluation.inception_weights": "",
-                "evaluation.inception_resize": "pytorch_fid", "evaluation.reference": "", "evaluation.batch_size": 64,
-                "data.allow_upscale": True}
+ADDED_FIELDS = {"train.eval_every": 0, "train.eval_num_images": 2_000, "train.init_from": "",
+                "evaluation.inception_weights": "", "evaluation.inception_resize": "pytorch_fid",
+                "evaluation.reference": "", "evaluation.batch_size": 64, "data.allow_upscale": True}
 
 
 def config_json(config: ml_collections.ConfigDict) -> dict:
@@ -66,6 +66,45 @@ def load_for_inference(path: str | pathlib.Path, *, use_ema: bool = True, step: 
                        sharding: jax.sharding.Sharding | None = None) -> tuple[ml_collections.ConfigDict, Any, int]:
   """(config, network params, step) from a workdir or an exported checkpoint; EMA weights when present and
   `use_ema`. Params are placed with `sharding` (default: replicated on the first local device)."""
+  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def wanted(config, items):
+    item = "ema" if use_ema and "ema" in items else "model"
+    network = parallel.strip_boxes(abstract_params(PixelHDM.from_config(config.model)))
+    return {item: parallel.abstract_arrays(network, sharding)}
+
+  config, weights, step = _read_network(path, step, wanted)
+  return config, next(iter(weights.values())), step
+
+
+def load_network_weights(path: str | pathlib.Path, abstract_network: Any, *, step: int | None = None
+                         ) -> tuple[ml_collections.ConfigDict, dict[str, Any], int]:
+  """(saved config, {"model": params, "ema": params (workdirs only)}, step) of a workdir or an inference
+  checkpoint, restored straight into the shapes and shardings of `abstract_network` (`ShapeDtypeStruct`s with
+  shardings). A checkpoint of another network is a `CheckpointError` naming each parameter whose shape differs."""
+
+  def wanted(config, items):
+    saved = parallel.strip_boxes(abstract_params(PixelHDM.from_config(config.model)))
+    problems = _shape_differences(saved, abstract_network)
+    if problems:
+      raise CheckpointError(f"the weights in {path} do not fit this run's network ({len(problems)} parameters "
+                            f"differ, e.g. {'; '.join(problems[:3])}): use a checkpoint of the same model "
+                            "settings or change model.* to the checkpoint's")
+    return {item: abstract_network for item in ("model", "ema") if item in items}
+
+  return _read_network(path, step, wanted)
+
+
+def _shape_differences(saved: Any, current: Any) -> list[str]:
+  """'path: checkpoint SHAPE, this run SHAPE' for every parameter that is absent from one tree or differs."""
+  shapes = [{jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+            for tree in (saved, current)]
+  return [f"{name}: checkpoint {shapes[0].get(name, 'absent')}, this run {shapes[1].get(name, 'absent')}"
+          for name in sorted(set(shapes[0]) | set(shapes[1])) if shapes[0].get(name) != shapes[1].get(name)]
+
+
+def _read_network(path, step, wanted) -> tuple[ml_collections.ConfigDict, dict[str, Any], int]:
+  """Restores the network items that `wanted(saved config, items present)` maps to abstract trees."""
   directory = checkpoint_directory(path)
   handlers = {"model": ocp.StandardCheckpointHandler(), "ema": ocp.StandardCheckpointHandler(),
               "config": ocp.JsonCheckpointHandler()}
@@ -74,21 +113,20 @@ def load_for_inference(path: str | pathlib.Path, *, use_ema: bool = True, step: 
   step = manager.latest_step() if step is None else step
   if step is None:
     raise CheckpointError(f"{directory} holds no complete checkpoint")
-  item = "ema" if use_ema and (directory / str(step) / "ema").is_dir() else "model"
+  items = [item for item in ("model", "ema") if (directory / str(step) / item).is_dir()]
   try:
     config = config_from_json(manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
-    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    network = parallel.strip_boxes(abstract_params(PixelHDM.from_config(config.model)))
-    abstract = parallel.abstract_arrays(network, sharding)
-    params = manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract)}))[item]
+    abstract = wanted(config, items)
+    weights = manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(tree)
+                                                               for item, tree in abstract.items()}))
   except CheckpointError:
     raise
   except Exception as error:  # re-raised with the path
-    raise CheckpointError(f"cannot load the network weights ({item}) of checkpoint {directory / str(step)}: "
-                          f"{type(error).__name__}: {error}") from error
+    raise CheckpointError(f"cannot load the network weights ({', '.join(items)}) of checkpoint "
+                          f"{directory / str(step)}: {type(error).__name__}: {error}") from error
   finally:
     manager.close()
-  return config, params, step
+  return config, {item: weights[item] for item in abstract}, step
 
 
 def save_for_inference(directory: str | pathlib.Path, config: ml_collections.ConfigDict, params: Any,
