@@ -47,6 +47,9 @@ def _model(preset: str) -> ml_collections.ConfigDict:
   m.repa_align_layer = 8  # 1-based patch block whose output feeds iREPA.
   m.text_dim = 1024  # width of the text encoder's hidden states; a projection is learned if != hidden_dim
   m.use_pooled_text = True  # add the pooled (last valid token) text vector to s_cond, as the original
+  # Pixel blocks' AdaLN: pre = the original (modulate the input, gate the output); post = PixelDiT's
+  # post-modulation (modulate the output, no gates; docs/deviations.md). Checkpoints of one do not load in the other.
+  m.pixel_adaln = "pre"
   m.compute_dtype = "auto"  # auto = bfloat16 on GPU/TPU, float32 on CPU
   m.attention = "auto"  # xla | cudnn | pallas_gpu | splash | auto
   m.scan_layers = True

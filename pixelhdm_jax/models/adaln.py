@@ -1,8 +1,10 @@
 """Adaptive normalisation: TokenAdaLN (patch path, from t_emb) and factorised PixelwiseAdaLN (pixel path).
 
-Both return six modulations in the order [gamma1, beta1, alpha1, gamma2, beta2, alpha2]. TokenAdaLN is
-used as `gamma * norm(x) + beta` with bias init [1, 0, 1, 1, 0, 1]; PixelwiseAdaLN as
-`(1 + gamma) * norm(x) + beta` with bias init [0, 0, 1, 0, 0, 1] (docs/original.md §2.3, §2.7).
+Pre-modulation (the original) returns six modulations in the order [gamma1, beta1, alpha1, gamma2, beta2, alpha2].
+TokenAdaLN is used as `gamma * norm(x) + beta` with bias init [1, 0, 1, 1, 0, 1]; PixelwiseAdaLN as
+`(1 + gamma) * norm(x) + beta` with bias init [0, 0, 1, 0, 0, 1] (docs/original.md §2.3, §2.7). PixelwiseAdaLN's
+post-modulation form (PixelDiT's answer to pixel-path loss spikes, docs/deviations.md) returns four,
+[gamma1, beta1, gamma2, beta2], that modulate each branch's output, `(1 + gamma) * f(norm(x)) + beta`, no gates.
 """
 
 from __future__ import annotations
@@ -36,28 +38,34 @@ class TokenAdaLN(nn.Module):
     return tuple(jnp.split(mods, 6, axis=-1))
 
 
+# The bias init of PixelwiseAdaLN's modulations per form: pre = the original's six (gates start at 1), post = four.
+PIXEL_ADALN_BIAS = {"pre": (0, 0, 1, 0, 0, 1), "post": (0, 0, 0, 0)}
+
+
 class PixelwiseAdaLN(nn.Module):
-  """Per-pixel modulation from s_cond: Dense(D -> p^2 D_pix), then SiLU -> Dense(D_pix -> 6 D_pix) per pixel.
+  """Per-pixel modulation from s_cond: Dense(D -> p^2 D_pix), then SiLU -> Dense(D_pix -> n D_pix) per pixel
+  (n = 6 for `form` pre, 4 for post).
 
   Also owns the RMSNorm(D_pix) that both modulations of a pixel block normalise with.
   """
   pixels_per_patch: int
   pixel_dim: int
+  form: str = "pre"
   dtype: Dtype = jnp.float32
 
   def setup(self):
+    bias = PIXEL_ADALN_BIAS[self.form]
     self.cond_expand = dense(self.pixels_per_patch * self.pixel_dim, ("embed", "pixel_features"),
                              name="cond_expand", dtype=self.dtype)
-    self.param_gen = dense(6 * self.pixel_dim, ("pixel_dim", "pixel_adaln"), name="param_gen",
-                           dtype=self.dtype, use_bias=True,
-                           bias_init=chunk_bias(self.pixel_dim, (0, 0, 1, 0, 0, 1)))
+    self.param_gen = dense(len(bias) * self.pixel_dim, ("pixel_dim", "pixel_adaln"), name="param_gen",
+                           dtype=self.dtype, use_bias=True, bias_init=chunk_bias(self.pixel_dim, bias))
     self.norm = RMSNorm(dtype=self.dtype, name="norm")
 
   def __call__(self, s_cond: jax.Array) -> tuple[jax.Array, ...]:
-    """s_cond (B, L, D) -> six (B, L, p^2, D_pix) modulations."""
+    """s_cond (B, L, D) -> six (pre) or four (post) (B, L, p^2, D_pix) modulations."""
     batch, length, _ = s_cond.shape
     cond = self.cond_expand(s_cond).reshape(batch, length, self.pixels_per_patch, self.pixel_dim)
-    return tuple(jnp.split(self.param_gen(nn.silu(cond)), 6, axis=-1))
+    return tuple(jnp.split(self.param_gen(nn.silu(cond)), len(PIXEL_ADALN_BIAS[self.form]), axis=-1))
 
   def modulate(self, x: jax.Array, gamma: jax.Array, beta: jax.Array) -> jax.Array:
     return (1 + gamma) * self.norm(x) + beta

@@ -73,26 +73,35 @@ class TokenCompaction(nn.Module):
 
 
 class PixelBlock(nn.Module):
-  """x (B, L, p^2, D_pix) conditioned per pixel on s_cond (B, L, D); also returns its gamma-L2 term."""
+  """x (B, L, p^2, D_pix) conditioned per pixel on s_cond (B, L, D); also returns its gamma-L2 term.
+
+  `pixel_adaln` pre (the original): x + alpha * f((1 + gamma) * norm(x) + beta) for f = compaction, then MLP;
+  post: x + (1 + gamma) * f(norm(x)) + beta. Both scale the update by `residual_scale`.
+  """
   hidden_dim: int
   num_heads: int
   num_kv_heads: int
   mlp_ratio: float
   residual_scale: float
+  pixel_adaln: str = "pre"
   kernel: str = "xla"
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, s_cond: jax.Array, rope: Rope) -> tuple[jax.Array, jax.Array]:
     pixels, pixel_dim = x.shape[2], x.shape[3]
-    adaln = PixelwiseAdaLN(pixels, pixel_dim, dtype=self.dtype, name="adaln")
-    gamma1, beta1, alpha1, gamma2, beta2, alpha2 = adaln(s_cond)
-    h = TokenCompaction(self.hidden_dim, self.num_heads, self.num_kv_heads, kernel=self.kernel, dtype=self.dtype,
-                        name="compaction")(adaln.modulate(x, gamma1, beta1), rope)
-    x = x + (alpha1 * self.residual_scale) * h
-    h = SwiGLU(int(pixel_dim * self.mlp_ratio), axes=("pixel_dim", "pixel_mlp"), dtype=self.dtype, name="mlp")(
-        adaln.modulate(x, gamma2, beta2))
-    x = x + (alpha2 * self.residual_scale) * h
+    adaln = PixelwiseAdaLN(pixels, pixel_dim, form=self.pixel_adaln, dtype=self.dtype, name="adaln")
+    compaction = TokenCompaction(self.hidden_dim, self.num_heads, self.num_kv_heads, kernel=self.kernel,
+                                 dtype=self.dtype, name="compaction")
+    mlp = SwiGLU(int(pixel_dim * self.mlp_ratio), axes=("pixel_dim", "pixel_mlp"), dtype=self.dtype, name="mlp")
+    if self.pixel_adaln == "post":
+      gamma1, beta1, gamma2, beta2 = adaln(s_cond)
+      x = x + self.residual_scale * ((1 + gamma1) * compaction(adaln.norm(x), rope) + beta1)
+      x = x + self.residual_scale * ((1 + gamma2) * mlp(adaln.norm(x)) + beta2)
+    else:
+      gamma1, beta1, alpha1, gamma2, beta2, alpha2 = adaln(s_cond)
+      x = x + (alpha1 * self.residual_scale) * compaction(adaln.modulate(x, gamma1, beta1), rope)
+      x = x + (alpha2 * self.residual_scale) * mlp(adaln.modulate(x, gamma2, beta2))
     gamma_l2 = (jnp.mean(jnp.square(gamma1.astype(jnp.float32)))
                 + jnp.mean(jnp.square(gamma2.astype(jnp.float32))))
     return x, gamma_l2

@@ -91,6 +91,7 @@ class PixelHDM(nn.Module):
   repa_align_layer: int = 8
   text_dim: int = 1024
   use_pooled_text: bool = True
+  pixel_adaln: str = "pre"
   attention: str = "xla"
   scan_layers: bool = True
   remat_policy: str = "full"
@@ -103,7 +104,8 @@ class PixelHDM(nn.Module):
                   num_kv_heads=model.num_kv_heads, mlp_ratio=model.mlp_ratio, bottleneck_dim=model.bottleneck_dim,
                   time_embed_dim=model.time_embed_dim, mrope_split=tuple(model.mrope_split),
                   mrope_theta=model.mrope_theta, repa_align_layer=model.repa_align_layer,
-                  text_dim=model.text_dim, use_pooled_text=model.use_pooled_text, attention=model.attention,
+                  text_dim=model.text_dim, use_pooled_text=model.use_pooled_text, pixel_adaln=model.pixel_adaln,
+                  attention=model.attention,
                   scan_layers=model.scan_layers, remat_policy=model.remat_policy,
                   dtype=compute_dtype(model.compute_dtype))
     fields.update(overrides)
@@ -162,7 +164,7 @@ class PixelHDM(nn.Module):
     pixel_blocks = _stack(PixelStep, self.pixel_layers, self.scan_layers, self.remat_policy, 2, "pixel_blocks",
                           hidden_dim=self.hidden_dim, num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
                           mlp_ratio=self.mlp_ratio, residual_scale=pixel_residual_scale(self.pixel_layers),
-                          kernel=self.attention, dtype=self.dtype)
+                          pixel_adaln=self.pixel_adaln, kernel=self.attention, dtype=self.dtype)
     pixels, gamma_l2 = pixel_blocks((pixels, jnp.zeros((), jnp.float32)), s_cond, pixel_rope)
 
     pixels = RMSNorm(dtype=self.dtype, name="output_norm")(pixels)

@@ -15,6 +15,7 @@ import ml_collections
 
 from pixelhdm_jax.encoders.dinov3 import DINOV3_VITB16, DINOv3Arch
 from pixelhdm_jax.encoders.qwen3 import QWEN3_0_6B, Qwen3Arch
+from pixelhdm_jax.models.adaln import PIXEL_ADALN_BIAS
 
 TRAIN_STEP_FACTOR = 3  # forward + backward (2x), model FLOPs only
 
@@ -48,7 +49,7 @@ def forward_flops(model: ml_collections.ConfigDict, height: int, width: int, tex
   projections = _attention_projections(d, model.num_heads, model.num_kv_heads)
   patch_token = projections + 3 * d * int(d * model.mlp_ratio)
   pixel_token = (d * pixels * d_pix  # cond_expand
-                 + pixels * d_pix * 6 * d_pix  # param_gen
+                 + pixels * d_pix * len(PIXEL_ADALN_BIAS[model.pixel_adaln]) * d_pix  # param_gen
                  + 2 * pixels * d_pix * d  # compress and expand
                  + projections  # compaction attention
                  + pixels * 3 * d_pix * int(d_pix * model.mlp_ratio))  # pixel SwiGLU

@@ -70,9 +70,10 @@ def test_program_count_of_a_two_layer_model_is_the_hand_count():
   assert program_flops(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(weights, x).jaxpr) == 3 * 576
 
 
-def _network_programs(preset: str, height: int, width: int, text_len: int):
+def _network_programs(preset: str, height: int, width: int, text_len: int, pixel_adaln: str = "pre"):
   """(forward FLOPs, train-step FLOPs) that the traced network and its parameter gradient compute for 1 image."""
   model_config = get_config(preset).model
+  model_config.pixel_adaln = pixel_adaln
   model = PixelHDM.from_config(model_config, remat_policy="none")
   inputs = (jnp.zeros((1, height, width, 3)), jnp.zeros((1,)), jnp.zeros((1, text_len, model_config.text_dim)),
             jnp.ones((1, text_len), bool), jnp.zeros((1, model_config.text_dim)))
@@ -82,11 +83,15 @@ def _network_programs(preset: str, height: int, width: int, text_len: int):
           program_flops(jax.make_jaxpr(jax.value_and_grad(loss))(params).jaxpr))
 
 
-@pytest.mark.parametrize("preset, height, width, text_len", [("tiny", 32, 48, 32), ("small", 64, 32, 16)])
-def test_forward_count_equals_the_programs_matmuls(preset, height, width, text_len):
-  """Every matmul of the network, as traced (the small preset adds the text projection), and nothing else."""
-  forward, _ = _network_programs(preset, height, width, text_len)
-  assert flops.forward_flops(get_config(preset).model, height, width, text_len).total == forward
+@pytest.mark.parametrize("preset, height, width, text_len, pixel_adaln",
+                         [("tiny", 32, 48, 32, "pre"), ("small", 64, 32, 16, "pre"), ("tiny", 32, 48, 32, "post")])
+def test_forward_count_equals_the_programs_matmuls(preset, height, width, text_len, pixel_adaln):
+  """Every matmul of the network, as traced (the small preset adds the text projection; post-modulation has
+  four pixel modulations instead of six), and nothing else."""
+  forward, _ = _network_programs(preset, height, width, text_len, pixel_adaln)
+  model = get_config(preset).model
+  model.pixel_adaln = pixel_adaln
+  assert flops.forward_flops(model, height, width, text_len).total == forward
 
 
 def test_train_step_count_is_three_forwards_of_the_program():
