@@ -14,12 +14,11 @@ import shlex
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from pixelhdm_jax import parallel
+from pixelhdm_jax import cli, parallel
 from pixelhdm_jax.compilation_cache import configure_compilation_cache
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py:default", "Config file with a preset.")
+_CONFIG = cli.define_config("default", "Config file with a preset.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "sample"], "What to time: a train step or a sampling loop.")
 _HEIGHT = flags.DEFINE_integer("height", None, "Image height (default: data.max_resolution).")
 _WIDTH = flags.DEFINE_integer("width", None, "Image width (default: data.max_resolution).")
@@ -54,4 +53,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

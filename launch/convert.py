@@ -12,17 +12,15 @@ dropped and which config fields do not map. `launch/sample.py --workdir=DIR` sam
 See docs/interop.md.
 """
 
-import pathlib
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
+from pixelhdm_jax import cli
 from pixelhdm_jax.weights import interop
 from pixelhdm_jax.weights.inference import CheckpointError, save_for_inference
 
-_DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "base.py") + ":default"
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Config with a preset, e.g. "
-                                          "configs/base.py:tiny: the base the original's config is applied to.")
+_CONFIG = cli.define_config("default", "Config with a preset, e.g. configs/base.py:tiny: the base the original's "
+                             "config is applied to.")
 _INPUT = flags.DEFINE_string("input", None, "Original .pt checkpoint or state dict, or a safetensors export.",
                              required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "Folder for the inference checkpoint.", required=True)
@@ -50,4 +48,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -11,6 +11,7 @@ cudnn, xla, pallas_gpu; runs that no longer fit --budget_s are listed as skipped
 
 from absl import app, flags
 
+from pixelhdm_jax import cli
 from pixelhdm_jax.perf import bench_suite
 
 _OUTPUT = flags.DEFINE_string("output_dir", "/tmp/pixelhdm_gpu_bench", "Folder for the JSONs, logs and summary.")
@@ -34,4 +35,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -17,7 +17,7 @@ import pathlib
 from absl import app, flags, logging
 from PIL import Image
 
-from pixelhdm_jax import parallel
+from pixelhdm_jax import cli, parallel
 from pixelhdm_jax.compilation_cache import configure_compilation_cache
 from pixelhdm_jax.sample.images import save_images
 from pixelhdm_jax.sample.pipeline import Pipeline
@@ -80,4 +80,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)
