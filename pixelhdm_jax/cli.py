@@ -64,7 +64,10 @@ def _flag_error(error: Exception, argv: Sequence[str]) -> str:
 def _check_config_files() -> None:
   """A `--config` file that does not exist fails here; config_flags would report it only when first read."""
   for name in flags.FLAGS:
-    given = getattr(flags.FLAGS[name], "config_filename", None)
+    try:
+      given = getattr(flags.FLAGS[name], "config_filename", None)
+    except flags.Error:  # a config flag left unset
+      continue
     if given and not os.path.isfile(given.split(":")[0]):
       fail(f"--{name}={given}: no such file {given.split(':')[0]!r}: give a config file and preset, e.g. "
            f"--{name}=configs/base.py:tiny (paths are relative to the current directory)")
