@@ -27,6 +27,8 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global images per step (
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (the median is reported).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after the compile.")
 _JSON = flags.DEFINE_string("json", None, "Write the result as JSON to this file.")
+_PROFILE = flags.DEFINE_string("profile", None, "Folder for a JAX profiler trace of the timed steps (TensorBoard's "
+                               "profile plugin reads it; docs/performance.md).")
 _PRETRAINED = flags.DEFINE_bool("pretrained_encoders", False, "Load the configured pretrained encoders instead of "
                                 "random ones of the same size.")
 
@@ -43,7 +45,7 @@ def main(argv):
   try:
     result = bench.run(config, mode=_MODE.value, height=_HEIGHT.value or size, width=_WIDTH.value or size,
                        batch_size=batch_size, steps=_STEPS.value, warmup=_WARMUP.value,
-                       pretrained_encoders=_PRETRAINED.value)
+                       pretrained_encoders=_PRETRAINED.value, profile=_PROFILE.value)
   except ValueError as error:
     raise app.UsageError(str(error)) from error
   result["command"] = shlex.join([sys.executable, *sys.argv])
