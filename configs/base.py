@@ -128,6 +128,7 @@ def _train(preset: str) -> ml_collections.ConfigDict:
   # eval_every steps and at the end; 0 = off. tiny: at the end (num_steps).
   t.eval_every = 300 if preset == "tiny" else 10_000
   t.eval_num_images = 32 if preset == "tiny" else 2_000
+  t.profile_steps = ()  # (first, last): a JAX profiler trace of those optimizer steps in WORKDIR/profile; () = off
   return t
 
 

@@ -14,12 +14,11 @@ import shlex
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from pixelhdm_jax import parallel
+from pixelhdm_jax import cli, parallel
 from pixelhdm_jax.compilation_cache import configure_compilation_cache
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py:default", "Config file with a preset.")
+_CONFIG = cli.define_config("default", "Config file with a preset.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "sample"], "What to time: a train step or a sampling loop.")
 _HEIGHT = flags.DEFINE_integer("height", None, "Image height (default: data.max_resolution).")
 _WIDTH = flags.DEFINE_integer("width", None, "Image width (default: data.max_resolution).")
@@ -28,6 +27,8 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global images per step (
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (the median is reported).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after the compile.")
 _JSON = flags.DEFINE_string("json", None, "Write the result as JSON to this file.")
+_PROFILE = flags.DEFINE_string("profile", None, "Folder for a JAX profiler trace of the timed steps (TensorBoard's "
+                               "profile plugin reads it; docs/performance.md).")
 _PRETRAINED = flags.DEFINE_bool("pretrained_encoders", False, "Load the configured pretrained encoders instead of "
                                 "random ones of the same size.")
 
@@ -44,7 +45,7 @@ def main(argv):
   try:
     result = bench.run(config, mode=_MODE.value, height=_HEIGHT.value or size, width=_WIDTH.value or size,
                        batch_size=batch_size, steps=_STEPS.value, warmup=_WARMUP.value,
-                       pretrained_encoders=_PRETRAINED.value)
+                       pretrained_encoders=_PRETRAINED.value, profile=_PROFILE.value)
   except ValueError as error:
     raise app.UsageError(str(error)) from error
   result["command"] = shlex.join([sys.executable, *sys.argv])
@@ -54,4 +55,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

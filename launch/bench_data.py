@@ -5,14 +5,14 @@ r"""Measures data-loading throughput (decoded + resized images per second) on th
 Prints one line per measurement; record them in docs/performance.md with the machine and the command.
 """
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
+from pixelhdm_jax import cli
 from pixelhdm_jax.config import validate
 from pixelhdm_jax.data.throughput import measure
 from pixelhdm_jax.encoders.tokenizers import ByteTokenizer
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py:default", "Config whose data settings to use.")
+_CONFIG = cli.define_config("default", "Config whose data settings to use.")
 _PHOTOS = flags.DEFINE_integer("photos", 96, "Number of ~1 MP JPEG photos to generate.")
 _WORKERS = flags.DEFINE_list("workers", ["1", "2"], "Grain worker counts to time the whole loader with.")
 _BATCHES = flags.DEFINE_integer("batches", 8, "Batches timed per loader run.")
@@ -28,4 +28,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

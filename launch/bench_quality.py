@@ -18,13 +18,13 @@ import sys
 import tempfile
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
+from pixelhdm_jax import cli
 from pixelhdm_jax.compilation_cache import configure_compilation_cache
 from pixelhdm_jax.errors import ConfigError
 from pixelhdm_jax.perf import quality
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py:tiny", "Config file with a preset.")
+_CONFIG = cli.define_config("tiny", "Config file with a preset.")
 _OUTPUT = flags.DEFINE_string("output", None, "Folder that receives the grid PNG and the scores.", required=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for the photos, dataset and training run (default: a new "
                                "temporary folder); it must not hold a training run already.")
@@ -55,4 +55,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

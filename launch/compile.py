@@ -21,13 +21,13 @@ import sys
 
 import jax
 from absl import app, flags
-from ml_collections import config_flags
 
+from pixelhdm_jax import cli
 from pixelhdm_jax.compilation_cache import configure_compilation_cache
 from pixelhdm_jax.perf import aot
 from pixelhdm_jax.perf.gpu_targets import GPUS
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py:default", "Config file with a preset.")
+_CONFIG = cli.define_config("default", "Config file with a preset.")
 _TOPOLOGY = flags.DEFINE_string("topology", aot.LOCAL, f"A TPU slice ({', '.join(aot.TPU_SLICES)}), a libtpu "
                                 "topology such as v5:4x4x8, GPUs on one host as <model>x<count> (models: "
                                 f"{', '.join(GPUS)}; e.g. h100x8), or 'local' (this host's devices).")
@@ -79,4 +79,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

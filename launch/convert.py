@@ -7,22 +7,21 @@ r"""Converts checkpoints of the original PyTorch PixelHDM into PixelHDM-JAX infe
 The input is an original training checkpoint (`model`, `ema`, `config`, ...; EMA weights unless
 --use_ema=false), a bare state dict, or a folder with `model.safetensors` + `config.json` written by
 launch/export.py. The original's config is translated onto --config (default: the `default` preset), which
-also gives every other section; a bare state dict needs --config to describe the network. Prints what was
+also gives every other section; a bare state dict's network is read off its tensor shapes (mRoPE's split and
+theta, which no tensor shows, from --config). Prints what was
 dropped and which config fields do not map. `launch/sample.py --workdir=DIR` samples from the result.
 See docs/interop.md.
 """
 
-import pathlib
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
+from pixelhdm_jax import cli
 from pixelhdm_jax.weights import interop
 from pixelhdm_jax.weights.inference import CheckpointError, save_for_inference
 
-_DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "base.py") + ":default"
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Config with a preset, e.g. "
-                                          "configs/base.py:tiny: the base the original's config is applied to.")
+_CONFIG = cli.define_config("default", "Config with a preset, e.g. configs/base.py:tiny: the base the original's "
+                             "config is applied to.")
 _INPUT = flags.DEFINE_string("input", None, "Original .pt checkpoint or state dict, or a safetensors export.",
                              required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "Folder for the inference checkpoint.", required=True)
@@ -37,9 +36,6 @@ def main(argv):
     logging.set_verbosity("warning")  # Orbax logs every save at INFO; --verbosity=0 shows it
   try:
     original = interop.read_original(_INPUT.value, use_ema=_USE_EMA.value)
-    if original.config is None and not flags.FLAGS["config"].present:
-      raise app.UsageError(f"{_INPUT.value} holds no config: describe the network with "
-                           "--config=configs/base.py:PRESET (and --config.model.* overrides)")
     imported = interop.import_original(original, _CONFIG.value)
     output = save_for_inference(_OUTPUT.value, imported.config, imported.params, imported.step)
   except (ValueError, CheckpointError) as error:
@@ -50,4 +46,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

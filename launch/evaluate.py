@@ -19,7 +19,7 @@ import pathlib
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pixelhdm_jax import parallel
+from pixelhdm_jax import cli, parallel
 from pixelhdm_jax.compilation_cache import configure_compilation_cache
 from pixelhdm_jax.config import validate
 from pixelhdm_jax.errors import ConfigError
@@ -115,4 +115,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

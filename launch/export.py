@@ -12,6 +12,7 @@ weights, and OUT/config.json with the original's config fields. See docs/interop
 
 from absl import app, flags, logging
 
+from pixelhdm_jax import cli
 from pixelhdm_jax.weights import interop
 from pixelhdm_jax.weights.inference import CheckpointError
 
@@ -37,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

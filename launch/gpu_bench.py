@@ -6,11 +6,15 @@ r"""The GPU benchmark in one command: `default` at 512 and 256, each GPU attenti
 Each run is one `launch/bench.py` process (train: batch 32 at 512 and 64 at 256, 10 timed steps; sample:
 batch 8, Heun 50 steps with CFG, 3 timed loops). Runs go in order 512 before 256, train before sample,
 cudnn, xla, pallas_gpu; runs that no longer fit --budget_s are listed as skipped (rerun them with e.g.
---sizes=256). Prints the table and writes one JSON per run, summary.json and summary.md to --output_dir.
+--sizes=256). Without a GPU it exits with status 1 before any run. Prints the table and writes one JSON per run,
+summary.json and summary.md to --output_dir.
 """
+
+import sys
 
 from absl import app, flags
 
+from pixelhdm_jax import cli
 from pixelhdm_jax.perf import bench_suite
 
 _OUTPUT = flags.DEFINE_string("output_dir", "/tmp/pixelhdm_gpu_bench", "Folder for the JSONs, logs and summary.")
@@ -26,6 +30,10 @@ _BUDGET = flags.DEFINE_float("budget_s", 450.0, "Wall-clock budget; runs that no
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  backend = None if _DRY_RUN.value else bench_suite.default_backend()
+  if backend not in (None, "gpu"):
+    sys.exit(f"gpu_bench.py: no GPU: JAX runs on {backend!r} here (a CUDA build of JAX, pip install -e '.[gpu]', on "
+             "a machine with an NVIDIA GPU runs the benchmark; --dry_run checks the script on a CPU)")
   suite = bench_suite.gpu_suite(_SIZES.value, _KERNELS.value, _MODES.value, _REMAT.value, dry_run=_DRY_RUN.value)
   records = bench_suite.run_all(suite.runs, preset=suite.preset, steps=suite.steps, output_dir=_OUTPUT.value,
                                 budget_s=_BUDGET.value, overrides=suite.overrides)
@@ -34,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -10,9 +10,9 @@ unchanged inputs does nothing. The closing report is printed and written to OUT/
 import os
 
 from absl import app, flags
-from ml_collections import config_flags
 from PIL import Image
 
+from pixelhdm_jax import cli
 from pixelhdm_jax.config import validate
 from pixelhdm_jax.data.buckets import buckets_from_config
 from pixelhdm_jax.data.prepare import format_report, prepare_folder
@@ -21,7 +21,7 @@ _IMAGES = flags.DEFINE_string("images", None, "Folder searched recursively for i
                               required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "Folder that receives the dataset, its index and report.json.",
                               required=True)
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py:default", "Config whose buckets to use.")
+_CONFIG = cli.define_config("default", "Config whose buckets to use.")
 _VALIDATION = flags.DEFINE_float("validation_fraction", 0.01, "Share of images (by path hash) in `validation`.")
 _MAX_PIXELS = flags.DEFINE_integer("max_image_pixels", Image.MAX_IMAGE_PIXELS,
                                    "Larger images are skipped (decompression-bomb limit).")
@@ -41,4 +41,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

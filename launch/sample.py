@@ -9,15 +9,17 @@ r"""Samples images from a trained PixelHDM: text-to-image, or image-to-image wit
 --workdir is a training workdir (its latest checkpoint, EMA weights unless --use_ema=false) or an exported
 checkpoint directory. Unset options come from the checkpoint's `config.sample` (Heun, 50 steps, guidance
 4.0) and the size from `config.data.max_resolution`. Batches are split over all devices (data parallel).
-Writes OUT/prompt{p}_image{i}.png and OUT/grid.png (a row per prompt). See docs/sampling.md.
+Writes OUT/prompt{p}_image{i}.png and OUT/grid.png (a row per prompt); a folder OUT that holds files already
+is refused unless --overwrite. See docs/sampling.md.
 """
 
 import pathlib
 
 from absl import app, flags, logging
+from etils import epath
 from PIL import Image
 
-from pixelhdm_jax import parallel
+from pixelhdm_jax import cli, parallel
 from pixelhdm_jax.compilation_cache import configure_compilation_cache
 from pixelhdm_jax.sample.images import save_images
 from pixelhdm_jax.sample.pipeline import Pipeline
@@ -43,6 +45,11 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Images per compiled call.")
 _INIT_IMAGE = flags.DEFINE_string("init_image", None, "Image-to-image: the input image file.")
 _STRENGTH = flags.DEFINE_float("strength", None, "Image-to-image: 0 keeps the input, 1 ignores it (default 0.8).")
 _TEXT_PATH = flags.DEFINE_string("text_path", None, "Local Qwen3 directory, if not the one the run trained with.")
+_TEXT_DOWNLOAD = flags.DEFINE_bool("text_allow_download", None, "Fetch the run's Qwen3 (text.hub_id) from the "
+                                   "Hugging Face hub when there is no local copy.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Write into an --output folder that holds files already.")
+# The config fields these flags set, as the loaders' messages name them.
+_FIELD_FLAGS = {"--config.text.path": "--text_path", "--config.text.allow_download": "--text_allow_download"}
 
 
 def _prompts() -> list[str]:
@@ -55,14 +62,30 @@ def _prompts() -> list[str]:
   return prompts
 
 
+def _check_output() -> None:
+  output = epath.Path(_OUTPUT.value)
+  if output.exists() and any(output.iterdir()) and not _OVERWRITE.value:
+    raise app.UsageError(f"--output={_OUTPUT.value} holds files already: choose a new folder, or pass --overwrite "
+                         "to replace its images")
+
+
+def _with_our_flags(message: str) -> str:
+  """A loader's message names config fields (`--config.text.path`); this launcher sets them with its own flags."""
+  for field, flag in _FIELD_FLAGS.items():
+    message = message.replace(field, flag)
+  return message
+
+
 def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity("warning")  # Orbax logs every restore at INFO; --verbosity=0 shows it
   prompts = _prompts()
+  _check_output()
   configure_compilation_cache()
   overrides = {"sample.solver": _SOLVER.value, "sample.num_steps": _NUM_STEPS.value,
-               "sample.guidance_scale": _GUIDANCE.value, "text.path": _TEXT_PATH.value}
+               "sample.guidance_scale": _GUIDANCE.value, "text.path": _TEXT_PATH.value,
+               "text.allow_download": _TEXT_DOWNLOAD.value}
   mesh = parallel.data_parallel_mesh()
   try:
     pipeline = Pipeline.from_checkpoint(_WORKDIR.value, use_ema=_USE_EMA.value, step=_STEP.value, mesh=mesh,
@@ -73,11 +96,11 @@ def main(argv):
                             init_image=init_image, strength=_STRENGTH.value)
     images = pipeline.generate(request, progress=True)
   except (ValueError, OSError, CheckpointError) as error:
-    raise app.UsageError(str(error)) from error
+    raise app.UsageError(_with_our_flags(str(error))) from error
   paths = save_images(images, _OUTPUT.value, _PER_PROMPT.value)
   print(f"{len(images)} images of step {pipeline.step} ({images.shape[1]}x{images.shape[2]}) in "
         f"{pathlib.Path(_OUTPUT.value).absolute()}; grid: {paths[-1]}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -11,10 +11,9 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pixelhdm_jax import parallel
+from pixelhdm_jax import cli, parallel
 from pixelhdm_jax.compilation_cache import configure_compilation_cache
 from pixelhdm_jax.config import check_backend
-from pixelhdm_jax.errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with a preset, e.g. configs/base.py:tiny.",
                                           lock_config=True)
@@ -38,18 +37,15 @@ class _QuietLibraries:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())  # also keeps JAX's backend probing off an error
   parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                         force=_DISTRIBUTED.value)
-  try:
-    check_backend(_CONFIG.value, jax.default_backend())
-  except ConfigError as error:
-    raise app.UsageError(str(error)) from error
+  check_backend(_CONFIG.value, jax.default_backend())
   configure_compilation_cache()
   from pixelhdm_jax.train.loop import train_and_evaluate  # after jax.distributed, which must come first
   logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
   train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

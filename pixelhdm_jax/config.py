@@ -225,6 +225,11 @@ def _check_train(config: ml_collections.ConfigDict) -> None:
   _require(isinstance(t.eval_num_images, int) and t.eval_num_images >= 5,
            f"train.eval_num_images must be an integer >= 5 (statistics and 3-NN manifolds need a few images; "
            f"use thousands for a stable FID), got {t.eval_num_images!r}")
+  profile = tuple(t.profile_steps)
+  _require(profile == () or (len(profile) == 2 and all(isinstance(s, int) for s in profile)
+                             and 1 <= profile[0] <= profile[1] <= t.num_steps),
+           f"train.profile_steps={profile} must be () (off) or (first, last) optimizer steps with 1 <= first <= last "
+           f"<= train.num_steps={t.num_steps}, e.g. (10, 15)")
   m = config.model
   most = min(m.mrope_max_height, m.mrope_max_width) * m.patch_size
   for name, size in (("data.max_resolution", config.data.max_resolution), ("train.sample_size", t.sample_size)):

@@ -2,7 +2,8 @@
 
 Every tokenizer is a callable `tokenizer(prompts) -> (ids int32 (B, max_length), mask bool (B, max_length))`
 with the valid tokens first (right padding) and truncation at `max_length`; `vocab_size` and `pad_id` are
-attributes. The empty prompt gives an all-False mask. `build_tokenizer(config.text)` picks one.
+attributes; `num_tokens(prompt)` counts a prompt's tokens before the cut. The empty prompt gives an all-False
+mask. `build_tokenizer(config.text)` picks one.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ class Tokenizer(Protocol):
   def __call__(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     ...
 
+  def num_tokens(self, prompt: str) -> int:
+    ...
+
 
 class ByteTokenizer:
   """Dependency-free UTF-8 byte tokenizer for the `tiny` preset and tests: id = byte + 1, pad = 0."""
@@ -47,6 +51,9 @@ class ByteTokenizer:
       encoded = np.frombuffer(prompt.encode("utf-8"), np.uint8)[:self.max_length].astype(np.int32) + 1
       ids[row, :len(encoded)] = encoded
     return ids, ids != self.pad_id
+
+  def num_tokens(self, prompt: str) -> int:
+    return len(prompt.encode("utf-8"))
 
 
 class HFTokenizer:
@@ -87,6 +94,9 @@ class HFTokenizer:
     encoded = self._tokenizer(list(prompts), padding="max_length", truncation=True, max_length=self.max_length,
                               return_tensors="np")
     return encoded["input_ids"].astype(np.int32), encoded["attention_mask"].astype(bool)
+
+  def num_tokens(self, prompt: str) -> int:
+    return len(self._tokenizer(prompt)["input_ids"])
 
 
 def build_tokenizer(text: ml_collections.ConfigDict) -> Tokenizer:

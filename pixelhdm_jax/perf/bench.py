@@ -59,19 +59,29 @@ def synthetic_batch(tokenizer, batch_size: int, height: int, width: int, seed: i
   return {"images": images, "token_ids": ids, "token_mask": mask}
 
 
-def time_steps(step: Callable[[], Any], steps: int, warmup: int) -> list[float]:
-  """Seconds of each of `steps` calls of `step` (which blocks until its outputs are ready), after `warmup`."""
-  for _ in range(warmup):
-    step()
+def time_steps(step: Callable[[], Any], steps: int, warmup: int, profile: str | None = None,
+               name: str = "train") -> list[float]:
+  """Seconds of each of `steps` calls of `step` (which blocks until its outputs are ready), after `warmup`; with
+  `profile` (a folder), a JAX profiler trace of the timed steps. Every step is marked `StepTraceAnnotation(name)`."""
+  for i in range(warmup):
+    with jax.profiler.StepTraceAnnotation(name, step_num=i):
+      step()
+  if profile:
+    jax.profiler.start_trace(str(profile))
   times = []
-  for _ in range(steps):
-    started = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - started)
+  try:
+    for i in range(warmup, warmup + steps):
+      started = time.perf_counter()
+      with jax.profiler.StepTraceAnnotation(name, step_num=i):
+        step()
+      times.append(time.perf_counter() - started)
+  finally:
+    if profile:
+      jax.profiler.stop_trace()
   return times
 
 
-def _train(config, mesh, rules, height, width, batch_size, steps, warmup) -> dict[str, Any]:
+def _train(config, mesh, rules, height, width, batch_size, steps, warmup, profile) -> dict[str, Any]:
   trainer = build_trainer(config, mesh, rules)
   init_rng, rng = jax.random.split(jax.random.key(config.seed))
   state = trainer.new_state(init_rng)
@@ -88,7 +98,7 @@ def _train(config, mesh, rules, height, width, batch_size, steps, warmup) -> dic
     holder["state"], metrics = compiled(holder["state"], trainer.frozen, batch, rng)
     jax.block_until_ready((holder["state"], metrics))
 
-  times = time_steps(step, steps, warmup)
+  times = time_steps(step, steps, warmup, profile)
   text_length = config.text.max_length
   encoder = flops.text_encoder_flops(text_length, trainer.text_encoder.module.arch, config.text.hidden_layer)
   if repa:
@@ -98,7 +108,7 @@ def _train(config, mesh, rules, height, width, batch_size, steps, warmup) -> dic
           "encoder_flops": batch_size * encoder}
 
 
-def _sample(config, mesh, rules, height, width, batch_size, steps, warmup) -> dict[str, Any]:
+def _sample(config, mesh, rules, height, width, batch_size, steps, warmup, profile) -> dict[str, Any]:
   model = PixelHDM.from_config(config.model)
   shardings = parallel.param_shardings(abstract_params(model), mesh, rules)
   init = lambda key: nn.meta.unbox(model.init(key, *example_inputs(model))["params"])
@@ -110,7 +120,7 @@ def _sample(config, mesh, rules, height, width, batch_size, steps, warmup) -> di
   started = time.perf_counter()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - started
-  times = time_steps(lambda: jax.block_until_ready(compiled(*args)), steps, warmup)
+  times = time_steps(lambda: jax.block_until_ready(compiled(*args)), steps, warmup, profile, name="sample")
   s = config.sample
   evaluations = solvers.num_evaluations(s.solver, s.num_steps)
   passes = 1 if Guidance.from_config(s).is_off else 2  # guided: conditional and unconditional in one batch
@@ -130,8 +140,10 @@ def device_peak_bytes() -> int | None:
 
 
 def run(config: ml_collections.ConfigDict, *, mode: str, height: int, width: int, batch_size: int,
-        steps: int = 10, warmup: int = 2, pretrained_encoders: bool = False) -> dict[str, Any]:
-  """Benchmarks `mode` (train or sample) on synthetic data; returns the result (`RESULT_KEYS` and more)."""
+        steps: int = 10, warmup: int = 2, pretrained_encoders: bool = False,
+        profile: str | None = None) -> dict[str, Any]:
+  """Benchmarks `mode` (train or sample) on synthetic data; returns the result (`RESULT_KEYS` and more).
+  `profile`: a folder for a JAX profiler trace of the timed steps."""
   if mode not in MODES:
     raise ValueError(f"mode={mode!r} is unknown: choose one of {MODES}")
   if steps < 1 or warmup < 0:
@@ -144,7 +156,7 @@ def run(config: ml_collections.ConfigDict, *, mode: str, height: int, width: int
   aot.check_batch(batch_size, mesh, rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     measured = (_train if mode == "train" else _sample)(config, mesh, rules, height, width, batch_size, steps,
-                                                        warmup)
+                                                        warmup, profile)
   return _result(config, mode, mesh, height, width, batch_size, measured)
 
 

@@ -53,6 +53,13 @@ def plan(sizes: Sequence[int], kernels: Sequence[str], modes: Sequence[str], rem
           for remat in (policies if mode == "train" else [None])]
 
 
+def default_backend() -> str:
+  """JAX's default backend, asked of a child process: this one must not hold the GPU that the runs need."""
+  done = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"], capture_output=True,
+                        text=True, check=False)
+  return done.stdout.split()[-1] if done.returncode == 0 and done.stdout.split() else "none (JAX failed to start)"
+
+
 def gpu_suite(sizes: Sequence[int | str] | None = None, kernels: Sequence[str] | None = None,
               modes: Sequence[str] = ("train", "sample"), remat_policies: Sequence[str] = (), *,
               dry_run: bool = False) -> Suite:

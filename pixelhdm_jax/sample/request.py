@@ -19,6 +19,7 @@ from typing import Callable, NamedTuple, Sequence
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from PIL import Image
 
 from pixelhdm_jax import flow
@@ -119,6 +120,17 @@ def _check_counts(request: SampleRequest, num_steps: int) -> None:
       raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+def _warn_truncated(prompts: Sequence[str], tokenizer: Tokenizer) -> None:
+  """A warning for each prompt longer than the tokenizer keeps (`text.max_length`), with its token count."""
+  limit = tokenizer.max_length
+  for prompt in dict.fromkeys(prompts):
+    count = tokenizer.num_tokens(prompt)
+    if count > limit:
+      shown = prompt if len(prompt) <= 60 else prompt[:57] + "..."
+      logging.warning("the prompt %r has %d tokens, more than text.max_length=%d: its last %d tokens are cut "
+                      "(shorten it, or train with a larger text.max_length)", shown, count, limit, count - limit)
+
+
 def plan(request: SampleRequest, config: ml_collections.ConfigDict, tokenizer: Tokenizer,
          batch_multiple: int = 1) -> tuple[list[tuple[dict[str, np.ndarray], int]], LoopSpec]:
   """Checks `request` against `config` (the network and `config.sample` defaults); returns its batches (host
@@ -128,6 +140,7 @@ def plan(request: SampleRequest, config: ml_collections.ConfigDict, tokenizer: T
   if not prompts:
     raise ValueError("prompts is empty: pass at least one prompt")
   negatives = _negatives(request.negative_prompt, len(prompts))
+  _warn_truncated([*prompts, *negatives], tokenizer)
   s = config.sample
   solver = s.solver if request.solver is None else request.solver
   num_steps = s.num_steps if request.num_steps is None else request.num_steps

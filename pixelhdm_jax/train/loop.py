@@ -31,6 +31,7 @@ from pixelhdm_jax.train.checkpoint import RunCheckpoints
 from pixelhdm_jax.train.init_from import initialize_from
 from pixelhdm_jax.train.metrics import MetricWriter
 from pixelhdm_jax.train.periodic_eval import PeriodicEvaluation
+from pixelhdm_jax.train.profiling import StepProfiler
 from pixelhdm_jax.train.sample_grids import SampleGrids
 from pixelhdm_jax.train.setup import build_trainer, log_param_sharding
 
@@ -141,6 +142,7 @@ def _run(trainer, state, rng, loader, checkpoints, writer, preemption, workdir) 
     evaluation.prepare()
   bar = tqdm(total=train.num_steps, initial=step // accum, unit="step", dynamic_ncols=True,
              disable=jax.process_index() != 0)
+  profiler = StepProfiler(train.profile_steps, workdir / "profile")
   while step < total:
     # Preemption is honoured between optimizer steps, never inside a gradient accumulation.
     if step % accum == 0 and (preemption.requested or checkpoints.manager.reached_preemption(step // accum)):
@@ -159,7 +161,10 @@ def _run(trainer, state, rng, loader, checkpoints, writer, preemption, workdir) 
       logging.info("compiled the train step for images %s (REPA %s) in %.1f s", key[0], "on" if repa else "off",
                    seconds)
       writer.scalars(step // accum, {"compile_s": seconds, "compiled_programs": len(compiled)})
-    state, metrics = compiled[key](state, trainer.frozen, batch, rng)
+    if step % accum == 0:
+      profiler.before(step // accum + 1)
+    with jax.profiler.StepTraceAnnotation("train", step_num=step):
+      state, metrics = compiled[key](state, trainer.frozen, batch, rng)
     last = _report(config, pending, timer, writer, bar) or last
     pending.set(metrics, step, key[0], timed=True)
     step += 1
@@ -167,6 +172,7 @@ def _run(trainer, state, rng, loader, checkpoints, writer, preemption, workdir) 
       continue
     bar.update(1)
     opt_step = step // accum
+    profiler.after(opt_step, state)
     if opt_step % train.checkpoint_every == 0 or step == total:
       checkpoints.save(opt_step, state, rng, loader, config)
       pending.timed = False
@@ -176,6 +182,7 @@ def _run(trainer, state, rng, loader, checkpoints, writer, preemption, workdir) 
     if evaluation.due(opt_step):
       evaluation(state, opt_step)
       pending.timed = False
+  profiler.close()
   last = _report(config, pending, timer, writer, bar) or last
   bar.close()
   return last

@@ -29,9 +29,9 @@ class CheckpointError(RuntimeError):
 RENAMED_FIELDS = {"sample.sampler": "sample.solver", "data.sampler": "data.order"}
 # Fields added after checkpoints were written without them: the value such a checkpoint gets (its behaviour then).
 ADDED_FIELDS = {"train.eval_every": 0, "train.eval_num_images": 2_000, "train.init_from": "",
-                "evaluation.inception_weights": "", "evaluation.inception_resize": "pytorch_fid",
-                "evaluation.reference": "", "evaluation.batch_size": 64, "data.allow_upscale": True,
-                "model.pixel_adaln": "pre"}
+                "train.profile_steps": (), "evaluation.inception_weights": "",
+                "evaluation.inception_resize": "pytorch_fid", "evaluation.reference": "", "evaluation.batch_size": 64,
+                "data.allow_upscale": True, "model.pixel_adaln": "pre"}
 
 
 def config_json(config: ml_collections.ConfigDict) -> dict:

@@ -10,7 +10,6 @@ parameter names and (out, in) Linear layout plus `config.json` with the original
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import pathlib
@@ -28,6 +27,7 @@ from pixelhdm_jax.models.pixelhdm import PixelHDM, abstract_params
 from pixelhdm_jax.weights.inference import load_for_inference, save_for_inference
 from pixelhdm_jax.weights.original import export_state_dict, import_state_dict
 from pixelhdm_jax.weights.original_config import config_from_original, original_config
+from pixelhdm_jax.weights.original_shapes import original_fields_from_shapes
 
 EXPORT_FORMATS = ("orbax", "safetensors")
 
@@ -105,11 +105,15 @@ def read_original(path: str | pathlib.Path, *, use_ema: bool = True) -> Original
 
 def import_original(original: OriginalCheckpoint, base: ml_collections.ConfigDict) -> ImportedCheckpoint:
   """Our config and params for `original`. `base` (a preset) gives every field the original's config does not
-  set, and the whole network for a bare state dict. Raises naming unknown, missing or mis-shaped tensors."""
+  set; a bare state dict's network is read off its shapes. Raises naming unknown, missing or mis-shaped tensors."""
   notes = list(original.notes)
   if original.config is None:
-    config = copy.deepcopy(base)
-    notes.append("no config in the checkpoint: the network is the given --config's")
+    fields = original_fields_from_shapes(original.state_dict, base)
+    config, _ = config_from_original(fields, base)
+    notes.append("no config in the checkpoint: its network was read off the tensor shapes (" +
+                 ", ".join(f"{k}={v}" for k, v in fields.items() if not k.startswith("mrope")) +
+                 f"); model.mrope_split={tuple(base.model.mrope_split)} and model.mrope_theta="
+                 f"{base.model.mrope_theta} come from --config, as nothing in the weights shows them")
   else:
     config, config_notes = config_from_original(original.config, base)
     notes += config_notes

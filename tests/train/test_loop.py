@@ -44,9 +44,10 @@ def _assert_trees_equal(a, b):
 
 @pytest.fixture(scope="module")
 def straight_and_resumed(tmp_path_factory):
-  """Run A: 6 steps straight. Run B: 3 steps, stop, resume to 6 (same config but num_steps)."""
+  """Run A: 6 steps straight, profiling steps 2 to 4. Run B: 3 steps, stop, resume to 6 (same config but num_steps
+  and profiling)."""
   straight, resumed = tmp_path_factory.mktemp("straight"), tmp_path_factory.mktemp("resumed")
-  train_and_evaluate(tiny_run_config(num_steps=6), straight)
+  train_and_evaluate(tiny_run_config(num_steps=6, profile_steps=(2, 4)), straight)
   train_and_evaluate(tiny_run_config(num_steps=3), resumed)
   train_and_evaluate(tiny_run_config(num_steps=6), resumed)
   return straight, resumed
@@ -78,6 +79,13 @@ def test_evaluation_scores_the_run_and_leaves_it_bit_identical(straight_and_resu
     assert all(np.isfinite(result[k]) and result[k] >= 0 for k in ("fid", "fd_dinov3", "precision", "recall"))
   assert results[0]["fd_dinov3"] != results[1]["fd_dinov3"]  # the EMA weights moved between the evaluations
   assert len(list((tmp_path / "cache" / "pixelhdm_jax" / "reference_statistics").iterdir())) == 1
+
+
+def test_profile_steps_write_a_trace_tensorboard_reads(straight_and_resumed):
+  straight, resumed = straight_and_resumed
+  traces = list((straight / "profile" / "plugins" / "profile").glob("*/*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
+  assert not (resumed / "profile").exists()  # off by default
 
 
 def test_checkpoints_keep_and_config(straight_and_resumed):

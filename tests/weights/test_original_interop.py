@@ -133,15 +133,22 @@ def test_ema_weights_by_default_raw_on_request(original_tiny, tmp_path):
   np.testing.assert_array_equal(ema.params["output_proj"]["kernel"], 2 * raw.params["output_proj"]["kernel"])
 
 
-def test_bare_state_dict_needs_a_config(original_tiny, tmp_path):
+def test_bare_state_dict_network_is_read_off_its_shapes(original_tiny, tmp_path):
   spec, arrays = original_tiny
   torch.save(_state_dict(spec, arrays), tmp_path / "bare.pt")
-  result = _run("convert.py", "import-original", f"--input={tmp_path / 'bare.pt'}", f"--output={tmp_path / 'out'}")
-  assert result.returncode != 0
-  assert "holds no config: describe the network with --config=configs/base.py:PRESET" in result.stderr
-  imported = interop.import_original(interop.read_original(tmp_path / "bare.pt"), original_config(spec))
-  np.testing.assert_array_equal(imported.params["pixel_embed"]["proj"]["kernel"],
-                                arrays["param/pixel_embed.proj.weight"].T)
+  refused = _run("convert.py", "import-original", f"--input={tmp_path / 'bare.pt'}", f"--output={tmp_path / 'no'}")
+  assert refused.returncode == 2 and not (tmp_path / "no").exists()
+  split = tuple(spec["config"][k] for k in ("mrope_text_dim", "mrope_img_h_dim", "mrope_img_w_dim"))
+  assert f"add --config.model.mrope_split='{split}'" in refused.stderr  # the default preset's split does not fit
+  result = _run("convert.py", "import-original", f"--input={tmp_path / 'bare.pt'}", f"--output={tmp_path / 'out'}",
+                f"--config.model.mrope_split={split}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  config, params, _ = load_for_inference(tmp_path / "out")
+  expected = original_config(spec).model
+  network = [f for f in ARCHITECTURE if f != "repa_align_layer"]  # training only: no tensor shows it
+  assert {f: tuple(config.model[f]) if f == "mrope_split" else config.model[f] for f in network} == {
+      f: tuple(expected[f]) if f == "mrope_split" else expected[f] for f in network}
+  np.testing.assert_array_equal(params["pixel_embed"]["proj"]["kernel"], arrays["param/pixel_embed.proj.weight"].T)
 
 
 @pytest.fixture(scope="module")
