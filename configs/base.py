@@ -103,6 +103,8 @@ def _flow() -> ml_collections.ConfigDict:
   # 0: t covers [0, 1], every time a solver evaluates (t = 0 first, up to 1 - 1/N, image-to-image starts);
   # the original's 0.05 leaves the first and last sampling steps untrained (docs/deviations.md T9)
   f.t_eps = 0.0
+  # fixed: s = time_shift for every size; resolution: s = sqrt(H W) / 256 per bucket (SD3's rule, as sample.*)
+  f.time_shift_mode = "fixed"
   f.time_shift = 1.0  # s > 1 samples more noisy t: t / (t + s (1 - t)); 1 = off (the original)
   return f
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from pixelhdm_jax import flow
 from pixelhdm_jax.data import order as data_order
 from pixelhdm_jax.data import sources as data_sources
 from pixelhdm_jax.encoders import transformer as encoder_sources
@@ -89,8 +90,8 @@ def _check_sample(config: ml_collections.ConfigDict) -> None:
   _require(s.solver in solvers.SOLVERS,
            f"sample.solver={s.solver!r} is unknown: choose one of {tuple(solvers.SOLVERS)}")
   _positive_ints(s, "sample", ("num_steps",))
-  _require(s.time_shift_mode in solvers.SHIFT_MODES,
-           f"sample.time_shift_mode={s.time_shift_mode!r} is unknown: choose one of {tuple(solvers.SHIFT_MODES)}")
+  _require(s.time_shift_mode in flow.SHIFT_MODES,
+           f"sample.time_shift_mode={s.time_shift_mode!r} is unknown: choose one of {tuple(flow.SHIFT_MODES)}")
   _require(s.time_shift > 0, f"sample.time_shift must be positive (1 = no shift), got {s.time_shift}")
   _require(s.guidance_scale >= 0 and s.guidance_min_scale >= 0,
            f"sample.guidance_scale={s.guidance_scale} and sample.guidance_min_scale={s.guidance_min_scale} "
@@ -214,6 +215,8 @@ def _check_train(config: ml_collections.ConfigDict) -> None:
   _require(0 <= f.t_eps < 0.5, f"flow.t_eps={f.t_eps} must be in [0, 0.5): t is drawn from [t_eps, 1 - t_eps]")
   _require(f.p_std > 0, f"flow.p_std must be positive, got {f.p_std}")
   _require(f.time_shift > 0, f"flow.time_shift must be positive (1 = no shift), got {f.time_shift}")
+  _require(f.time_shift_mode in flow.SHIFT_MODES,
+           f"flow.time_shift_mode={f.time_shift_mode!r} is unknown: choose one of {tuple(flow.SHIFT_MODES)}")
   _positive_ints(t, "train", ("batch_size", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints",
                               "sample_size", "max_nonfinite_steps"))
   _require(isinstance(t.sample_every, int) and t.sample_every >= 0,

@@ -28,6 +28,19 @@ def resolution_shift(height: int, width: int, base: int = 256) -> float:
   return math.sqrt(height * width) / base
 
 
+# A time shift's mode -> the shift for (the configured fixed shift, height, width); training (`flow`) and sampling
+# (`sample`) each choose one with `time_shift_mode` and `time_shift`.
+SHIFT_MODES = {
+    "resolution": lambda fixed, height, width: resolution_shift(height, width),  # SD3: sqrt(H W) / 256
+    "fixed": lambda fixed, height, width: fixed,
+}
+
+
+def shift_for(mode: str, fixed: float, height: int, width: int) -> float:
+  """The time shift of `mode` (`SHIFT_MODES`) for an image size; `fixed` is the configured `time_shift`."""
+  return SHIFT_MODES[mode](fixed, height, width)
+
+
 def time_range(t_eps: float) -> tuple[float, float]:
   """The interval that training draws t from: [t_eps, 1 - t_eps] (the solvers evaluate the network inside it)."""
   return t_eps, 1.0 - t_eps

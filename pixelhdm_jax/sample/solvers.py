@@ -175,16 +175,9 @@ def num_evaluations(name: str, num_steps: int) -> int:
   return num_steps
 
 
-# `sample.time_shift_mode` -> the time-grid shift for (config.sample, height, width).
-SHIFT_MODES = {
-    "resolution": lambda s, height, width: flow.resolution_shift(height, width),  # SD3: sqrt(H W) / 256
-    "fixed": lambda s, height, width: s.time_shift,
-}
-
-
 def shift_for(sample_config: ml_collections.ConfigDict, height: int, width: int) -> float:
-  """The time-grid shift of `config.sample` for an image size (`SHIFT_MODES`)."""
-  return SHIFT_MODES[sample_config.time_shift_mode](sample_config, height, width)
+  """The time-grid shift of `config.sample` for an image size (`flow.SHIFT_MODES`)."""
+  return flow.shift_for(sample_config.time_shift_mode, sample_config.time_shift, height, width)
 
 
 def sample(velocity_fn: VelocityFn, z: jax.Array, *, solver: str = "heun", num_steps: int = 50,

@@ -52,7 +52,8 @@ def train_step(state: TrainState, frozen: dict[str, Any], batch: dict[str, jax.A
 
   time_rng, noise_rng = jax.random.split(jax.random.fold_in(rng, state.step))
   f = config.flow
-  t = flow.sample_time(time_rng, batch_size, p_mean=f.p_mean, p_std=f.p_std, t_eps=f.t_eps, shift=f.time_shift)
+  shift = flow.shift_for(f.time_shift_mode, f.time_shift, height, width)  # static: one value per bucket shape
+  t = flow.sample_time(time_rng, batch_size, p_mean=f.p_mean, p_std=f.p_std, t_eps=f.t_eps, shift=shift)
   noise = jax.random.normal(noise_rng, x_clean.shape, jnp.float32)
   z_t = flow.interpolate(x_clean, noise, t)
 

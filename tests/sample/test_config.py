@@ -15,6 +15,15 @@ def test_defaults():
   assert solvers.shift_for(config.sample, 512, 512) == 2.0
   config.sample.update(time_shift_mode="fixed", time_shift=3.0)
   assert solvers.shift_for(config.sample, 512, 512) == 3.0
+  assert (config.flow.time_shift_mode, config.flow.time_shift) == ("fixed", 1.0)  # training: no shift
+
+
+def test_unknown_training_shift_mode_is_named():
+  config = base.get_config("tiny")
+  config.flow.time_shift_mode = "dynamic"
+  with pytest.raises(ConfigError, match=r"flow.time_shift_mode='dynamic' is unknown: choose one of "
+                                        r"\('resolution', 'fixed'\)"):
+    config_lib.validate(config)
 
 
 @pytest.mark.parametrize("field, value, message", [

@@ -16,9 +16,10 @@ from tests.helpers import tiny_run_config
 
 
 @contextlib.contextmanager
-def _fresh_run(mesh_shape, devices, grad_accum_steps=1):
-  """(trainer, data iterator, initial state, rng) of the tiny run on a mesh over `devices`."""
+def _fresh_run(mesh_shape, devices, grad_accum_steps=1, flow=None):
+  """(trainer, data iterator, initial state, rng) of the tiny run on a mesh over `devices` (`flow`: overrides)."""
   config = tiny_run_config()
+  config.flow.update(flow or {})
   config.mesh.shape = mesh_shape
   config.optim.grad_accum_steps = grad_accum_steps
   mesh = parallel.create_mesh(config.mesh, devices)
@@ -125,3 +126,15 @@ def test_ema_follows_optimizer_steps_only():
     np.testing.assert_allclose(e2, decay * e0 + (1 - decay) * p, rtol=1e-6, atol=1e-7)
     moved |= not np.array_equal(e0, e2)
   assert moved
+
+
+def test_resolution_time_shift_trains_at_the_bucket_shift():
+  """`flow.time_shift_mode=resolution` draws t with the bucket's sqrt(H W) / 256 (32x32: 0.125): the same step as
+  that fixed shift, another than no shift (the default)."""
+  losses = {}
+  for name, flow in {"resolution": {"time_shift_mode": "resolution"}, "fixed": {"time_shift": 0.125},
+                     "default": {}}.items():
+    with _fresh_run((1, 1, 1), jax.devices()[:1], flow=flow) as (trainer, loader, state, rng):
+      _, metrics = trainer.step_fn(repa=False)(state, trainer.frozen, trainer.global_batch(next(loader)), rng)
+      losses[name] = float(metrics["loss_velocity"])
+  assert losses["resolution"] == losses["fixed"] != losses["default"]
