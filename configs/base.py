@@ -209,7 +209,9 @@ def _optim(preset: str) -> ml_collections.ConfigDict:
   """
   o = ml_collections.ConfigDict()
   o.learning_rate = 1e-3 if preset == "tiny" else 1e-4  # peak lr
-  o.schedule = "constant"  # constant | cosine | stepped_cosine_restart, each after a linear warm-up
+  # constant | cosine | stepped_cosine_restart (the original's), each after a linear warm-up. Real runs decay (cosine
+  # to min_lr at train.num_steps); tiny stays constant: its runs end far from convergence (docs/training.md).
+  o.schedule = "constant" if preset == "tiny" else "cosine"
   o.warmup_steps = 10 if preset == "tiny" else 1000
   o.min_lr = 1e-5  # cosine: the final lr (at train.num_steps); stepped_cosine_restart: the global floor
   o.restart_cycle_steps = 10_000  # stepped_cosine_restart: steps per cycle (the original: one epoch)
