@@ -12,12 +12,10 @@ checkpoint directory. Unset options come from the checkpoint's `config.sample` (
 Writes OUT/prompt{p}_image{i}.png and OUT/grid.png (a row per prompt). See docs/sampling.md.
 """
 
-import pathlib
-
 from absl import app, flags, logging
 from PIL import Image
 
-from pixelhdm_jax import parallel
+from pixelhdm_jax import parallel, storage
 from pixelhdm_jax.compilation_cache import configure_compilation_cache
 from pixelhdm_jax.sample.images import save_images
 from pixelhdm_jax.sample.pipeline import Pipeline
@@ -48,7 +46,7 @@ _TEXT_PATH = flags.DEFINE_string("text_path", None, "Local Qwen3 directory, if n
 def _prompts() -> list[str]:
   prompts = list(_PROMPT.value)
   if _PROMPT_FILE.value:
-    lines = pathlib.Path(_PROMPT_FILE.value).read_text(encoding="utf-8").splitlines()
+    lines = storage.location(_PROMPT_FILE.value).read_text(encoding="utf-8").splitlines()
     prompts += [line.strip() for line in lines if line.strip()]
   if not prompts:
     raise app.UsageError("give at least one --prompt or a --prompt_file")
@@ -76,7 +74,7 @@ def main(argv):
     raise app.UsageError(str(error)) from error
   paths = save_images(images, _OUTPUT.value, _PER_PROMPT.value)
   print(f"{len(images)} images of step {pipeline.step} ({images.shape[1]}x{images.shape[2]}) in "
-        f"{pathlib.Path(_OUTPUT.value).absolute()}; grid: {paths[-1]}")
+        f"{storage.location(_OUTPUT.value)}; grid: {paths[-1]}")
 
 
 if __name__ == "__main__":
