@@ -14,12 +14,11 @@ random weights and the JSON says so. See docs/evaluation.md.
 """
 
 import json
-import pathlib
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pixelhdm_jax import cli, parallel
+from pixelhdm_jax import cli, parallel, storage
 from pixelhdm_jax.compilation_cache import configure_compilation_cache
 from pixelhdm_jax.config import validate
 from pixelhdm_jax.errors import ConfigError
@@ -72,7 +71,7 @@ def _reference(mesh) -> str:
 def _prompts() -> list[str] | None:
   if not _PROMPT_FILE.value:
     return None
-  lines = pathlib.Path(_PROMPT_FILE.value).read_text(encoding="utf-8").splitlines()
+  lines = storage.location(_PROMPT_FILE.value).read_text(encoding="utf-8").splitlines()
   prompts = [line.strip() for line in lines if line.strip()]
   if not prompts:
     raise app.UsageError(f"--prompt_file={_PROMPT_FILE.value} holds no prompt")

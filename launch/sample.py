@@ -13,13 +13,11 @@ Writes OUT/prompt{p}_image{i}.png and OUT/grid.png (a row per prompt); a folder 
 is refused unless --overwrite. See docs/sampling.md.
 """
 
-import pathlib
-
 from absl import app, flags, logging
 from etils import epath
 from PIL import Image
 
-from pixelhdm_jax import cli, parallel
+from pixelhdm_jax import cli, parallel, storage
 from pixelhdm_jax.compilation_cache import configure_compilation_cache
 from pixelhdm_jax.sample.images import save_images
 from pixelhdm_jax.sample.pipeline import Pipeline
@@ -55,7 +53,7 @@ _FIELD_FLAGS = {"--config.text.path": "--text_path", "--config.text.allow_downlo
 def _prompts() -> list[str]:
   prompts = list(_PROMPT.value)
   if _PROMPT_FILE.value:
-    lines = pathlib.Path(_PROMPT_FILE.value).read_text(encoding="utf-8").splitlines()
+    lines = storage.location(_PROMPT_FILE.value).read_text(encoding="utf-8").splitlines()
     prompts += [line.strip() for line in lines if line.strip()]
   if not prompts:
     raise app.UsageError("give at least one --prompt or a --prompt_file")
@@ -99,7 +97,7 @@ def main(argv):
     raise app.UsageError(_with_our_flags(str(error))) from error
   paths = save_images(images, _OUTPUT.value, _PER_PROMPT.value)
   print(f"{len(images)} images of step {pipeline.step} ({images.shape[1]}x{images.shape[2]}) in "
-        f"{pathlib.Path(_OUTPUT.value).absolute()}; grid: {paths[-1]}")
+        f"{storage.location(_OUTPUT.value)}; grid: {paths[-1]}")
 
 
 if __name__ == "__main__":

@@ -51,3 +51,19 @@ def original_micro():
     pytest.skip(f"fixture folder {ORIGINAL_MICRO} is absent (set PIXELHDM_FIXTURES to the folder holding "
                 "original_micro/): the larger parity check with the original is skipped; original_tiny still runs")
   return _original_fixture(ORIGINAL_MICRO)
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+  """A fake-gcs-server on a free loopback port (in memory) with the bucket `bucket`, killed at the end; a skip
+  with the reason when it cannot start."""
+  from tests.gcs_emulator import GcsEmulator
+  emulator = GcsEmulator()
+  try:
+    emulator.start()
+    emulator.create_bucket("bucket")
+  except (RuntimeError, OSError) as error:
+    emulator.stop()
+    pytest.skip(f"no GCS emulator: {error}")
+  yield emulator
+  emulator.stop()

@@ -15,7 +15,7 @@ PACKAGE = "pixelhdm_jax"
 # Lowest first; a module belongs to the entry that is the longest prefix of its dotted name (without
 # `pixelhdm_jax.`). data/ sits at the bottom and imports no JAX; config imports the registries below it.
 LAYERS = (
-    ("errors", "user_cache", "data", "cli"),
+    ("errors", "user_cache", "storage", "data", "cli"),
     ("perf.target", "perf.gpu_targets", "flow", "parallel", "compilation_cache"),
     ("kernels",),
     ("models", "optim", "evaluation.inception"),

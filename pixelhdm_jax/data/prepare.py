@@ -17,8 +17,8 @@ import hashlib
 import io
 import json
 import multiprocessing
+import os
 import pathlib
-import shutil
 import tempfile
 import warnings
 from typing import Iterator
@@ -26,8 +26,10 @@ from typing import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
+from etils import epath
 from PIL import Image, UnidentifiedImageError
 
+from pixelhdm_jax import storage
 from pixelhdm_jax.data import images as image_ops
 from pixelhdm_jax.data.buckets import AspectRatioBucket
 
@@ -56,12 +58,12 @@ class Outcome:
   staged: str | None = None  # converted bytes written here (kept files are read from the source)
 
 
-def index_path(output_dir: str | pathlib.Path, split: str) -> pathlib.Path:
-  return pathlib.Path(output_dir) / f"index_{split}.npz"
+def index_path(output_dir: str | os.PathLike, split: str) -> epath.Path:
+  return epath.Path(output_dir) / f"index_{split}.npz"
 
 
-def dataset_dir(output_dir: str | pathlib.Path) -> pathlib.Path:
-  return pathlib.Path(output_dir) / BUILDER_NAME / str(PixelhdmFolder.VERSION)
+def dataset_dir(output_dir: str | os.PathLike) -> epath.Path:
+  return epath.Path(output_dir) / BUILDER_NAME / str(PixelhdmFolder.VERSION)
 
 
 def split_of(relpath: str, validation_fraction: float) -> str:
@@ -180,12 +182,12 @@ class PixelhdmFolder(tfds.core.GeneratorBasedBuilder):
                            "height": outcome.height, "bucket_id": int(bucket), "path": outcome.path}
 
 
-def _scan(images_dir: pathlib.Path, output_dir: pathlib.Path) -> tuple[list[str], list[str], list[pathlib.Path]]:
+def _scan(images_dir: pathlib.Path, output_dir: epath.Path) -> tuple[list[str], list[str], list[pathlib.Path]]:
   """Sorted relative paths of images and of unsupported files, and every file (for the fingerprint)."""
   images, unsupported, files = [], [], []
-  output = output_dir.resolve()
+  output = None if storage.is_remote(output_dir) else pathlib.Path(output_dir).resolve()
   for path in sorted(images_dir.rglob("*")):
-    if not path.is_file() or output in path.resolve().parents:
+    if not path.is_file() or (output is not None and output in path.resolve().parents):
       continue
     files.append(path)
     relpath = path.relative_to(images_dir).as_posix()
@@ -227,14 +229,15 @@ def _convert_all(jobs: list[tuple], workers: int, progress: bool) -> list[Outcom
   return outcomes
 
 
-def prepare_folder(images_dir: str | pathlib.Path, output_dir: str | pathlib.Path, buckets: AspectRatioBucket, *,
+def prepare_folder(images_dir: str | os.PathLike, output_dir: str | os.PathLike, buckets: AspectRatioBucket, *,
                    validation_fraction: float = 0.01, max_image_pixels: int = Image.MAX_IMAGE_PIXELS,
                    workers: int = 1, progress: bool = True) -> dict:
   """Prepares `images_dir` into `output_dir` and returns the report (also written as `report.json`).
 
   Args:
-    images_dir: folder searched recursively for images with same-named `.txt` captions.
-    output_dir: receives the TFDS dataset, the bucket index and the report.
+    images_dir: local folder searched recursively for images with same-named `.txt` captions.
+    output_dir: receives the TFDS dataset, the bucket index and the report (local or cloud storage: a cloud
+      dataset is built in a local temporary folder, then uploaded).
     buckets: the bucket list; images with a shorter side below its `min_resolution` are skipped.
     validation_fraction: share of images (by hash of the relative path) in the `validation` split.
     max_image_pixels: larger images are skipped (decompression-bomb limit; PIL's default).
@@ -245,7 +248,10 @@ def prepare_folder(images_dir: str | pathlib.Path, output_dir: str | pathlib.Pat
     The report: counts of kept / converted / skipped files, split sizes, bucket counts, the reasons, and
     `up_to_date: true` when nothing had changed since the last run (then nothing was written).
   """
-  images_dir, output_dir = pathlib.Path(images_dir), pathlib.Path(output_dir)
+  if storage.is_remote(images_dir):
+    raise FileNotFoundError(f"--images={images_dir}: the images must be in a local folder (copy them first, e.g. "
+                            "gcloud storage cp -r); the output may be in cloud storage")
+  images_dir, output_dir = pathlib.Path(images_dir), storage.location(output_dir)
   if not images_dir.is_dir():
     raise FileNotFoundError(f"--images={images_dir} is not a folder")
   settings = {"format_version": FORMAT_VERSION, "buckets": buckets.spec(), "max_image_pixels": max_image_pixels,
@@ -258,7 +264,8 @@ def prepare_folder(images_dir: str | pathlib.Path, output_dir: str | pathlib.Pat
   report_path = output_dir / REPORT_FILE
   _remove_outputs(output_dir)
   output_dir.mkdir(parents=True, exist_ok=True)
-  with tempfile.TemporaryDirectory(dir=output_dir, prefix=".staging-") as stage:
+  remote = storage.is_remote(output_dir)
+  with tempfile.TemporaryDirectory(dir=None if remote else output_dir, prefix=".staging-") as stage:
     jobs = [(str(images_dir), relpath, str(pathlib.Path(stage) / f"{i:09d}"), buckets.min_resolution,
              max_image_pixels) for i, relpath in enumerate(relpaths)]
     outcomes = _convert_all(jobs, workers, progress)
@@ -275,9 +282,11 @@ def prepare_folder(images_dir: str | pathlib.Path, output_dir: str | pathlib.Pat
       report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False))
       raise ValueError(f"no usable image in {images_dir}: every file was skipped, see {report_path}")
     builder = PixelhdmFolder(outcomes=by_split, root=str(images_dir), bucket_ids=bucket_ids,
-                             data_dir=str(output_dir), file_format="array_record")
+                             data_dir=stage if remote else os.fspath(output_dir), file_format="array_record")
     tfds.disable_progress_bar()
     builder.download_and_prepare(download_dir=str(pathlib.Path(stage) / "downloads"))
+    if remote:  # ArrayRecord files are written locally only
+      storage.copy_tree(epath.Path(stage) / BUILDER_NAME, output_dir / BUILDER_NAME)
   for split, items in by_split.items():
     if items:
       _write_index(index_path(output_dir, split), items, bucket_ids[split], buckets)
@@ -285,7 +294,7 @@ def prepare_folder(images_dir: str | pathlib.Path, output_dir: str | pathlib.Pat
   return report
 
 
-def _previous_report(output_dir: pathlib.Path, fingerprint: str) -> dict | None:
+def _previous_report(output_dir: epath.Path, fingerprint: str) -> dict | None:
   """The last run's report if it was made from the same inputs and settings and its outputs exist."""
   report_path = output_dir / REPORT_FILE
   if not report_path.is_file():
@@ -297,16 +306,18 @@ def _previous_report(output_dir: pathlib.Path, fingerprint: str) -> dict | None:
   return None
 
 
-def _write_index(path: pathlib.Path, items: list[Outcome], bucket_ids: np.ndarray, buckets: AspectRatioBucket):
+def _write_index(path: epath.Path, items: list[Outcome], bucket_ids: np.ndarray, buckets: AspectRatioBucket):
   """Sizes and bucket ids of a split's records, in record order, with the bucket settings they belong to."""
-  np.savez(path, width=np.asarray([o.width for o in items], np.int32),
+  buffer = io.BytesIO()
+  np.savez(buffer, width=np.asarray([o.width for o in items], np.int32),
            height=np.asarray([o.height for o in items], np.int32), bucket_id=bucket_ids,
            buckets=np.asarray(buckets.buckets, np.int32), spec=json.dumps(buckets.spec()))
+  path.write_bytes(buffer.getvalue())
 
 
-def _remove_outputs(output_dir: pathlib.Path) -> None:
+def _remove_outputs(output_dir: epath.Path) -> None:
   """Deletes what an earlier run wrote (and nothing else) before a rebuild."""
-  shutil.rmtree(output_dir / BUILDER_NAME, ignore_errors=True)
+  (output_dir / BUILDER_NAME).rmtree(missing_ok=True)
   for path in [output_dir / REPORT_FILE] + [index_path(output_dir, split) for split in SPLITS]:
     path.unlink(missing_ok=True)
 
@@ -353,5 +364,5 @@ def format_report(report: dict) -> str:
       lines.append(f"{title}: " + ", ".join(f"{reason} x{n}" for reason, n in report[key].items()))
   for entry in report["skipped_files"]:
     lines.append(f"  skipped {entry['path']}: {entry['reason']}")
-  lines.append(f"report: {pathlib.Path(report['output_dir']) / REPORT_FILE}")
+  lines.append(f"report: {epath.Path(report['output_dir']) / REPORT_FILE}")
   return "\n".join(lines)

@@ -27,8 +27,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 from absl import logging
+from etils import epath
 from PIL import Image
 
+from pixelhdm_jax import storage
 from pixelhdm_jax.data import images as image_ops
 from pixelhdm_jax.data import prepare
 from pixelhdm_jax.data.buckets import AspectRatioBucket
@@ -117,18 +119,37 @@ class _LazyDataSource:
     return len(self.data_source)
 
 
-class FolderSource(_LazyDataSource):
-  """The output of `launch/prepare_data.py`: TFDS ArrayRecord records plus the bucket index."""
+def local_dataset(remote: epath.Path) -> epath.Path:
+  """A local copy of the prepared dataset at `remote` (ArrayRecord reads local files only), in the user cache;
+  copied again only when the remote report's fingerprint changed."""
+  local = epath.Path(user_cache_root()) / "datasets" / hashlib.sha256(os.fspath(remote).encode()).hexdigest()[:16]
+  report = prepare.REPORT_FILE
+  if (local / report).exists() and (local / report).read_bytes() == (remote / report).read_bytes():
+    return local
+  logging.info("copying the prepared dataset %s to %s (ArrayRecord is read from local files)", remote, local)
+  local.rmtree(missing_ok=True)
+  for entry in remote.iterdir():
+    if entry.name != report:
+      (storage.copy_tree if entry.is_dir() else storage.copy_file)(entry, local / entry.name)
+  storage.copy_file(remote / report, local / report)  # last: it marks a complete copy
+  return local
 
-  def __init__(self, path: str | pathlib.Path, split: str = "train", jpeg_draft: bool = True):
+
+class FolderSource(_LazyDataSource):
+  """The output of `launch/prepare_data.py`: TFDS ArrayRecord records plus the bucket index (a dataset in cloud
+  storage is copied to the user cache first)."""
+
+  def __init__(self, path: str | os.PathLike, split: str = "train", jpeg_draft: bool = True):
     super().__init__()
-    self.path = pathlib.Path(path)
+    self.path = storage.location(path)
     self.split = split
     self.jpeg_draft = jpeg_draft
     if not prepare.index_path(self.path, split).is_file() or not prepare.dataset_dir(self.path).is_dir():
       raise FileNotFoundError(f"{self.path} holds no prepared split {split!r}: run "
                               f"`python launch/prepare_data.py --images=DIR --output={self.path}` first "
                               f"(and check report.json there for the {split} split size)")
+    if storage.is_remote(self.path):
+      self.path = local_dataset(self.path)
 
   def _open(self):
     builder = tfds.builder_from_directory(str(prepare.dataset_dir(self.path)))

@@ -16,9 +16,9 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 from etils import epath
-from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
+from pixelhdm_jax import storage
 from pixelhdm_jax.evaluation.features import DINOV3, INCEPTION, Extractors
 from pixelhdm_jax.evaluation.frechet import FeatureStatistics, frechet_distance
 from pixelhdm_jax.evaluation.precision_recall import NEIGHBOURS, precision_recall
@@ -95,7 +95,7 @@ def write_result(workdir: str | epath.Path, step: int, result: dict[str, Any]) -
     return path
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps({"step": step, **result}, indent=2) + "\n")
-  with SummaryWriter(logdir=str(epath.Path(workdir) / "tb")) as writer:
+  with storage.tensorboard_writer(epath.Path(workdir) / "tb") as writer:
     for name in SCALARS:
       if name in result and math.isfinite(result[name]):
         writer.add_scalar(f"eval/{name}", result[name], step)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import pathlib
+import os
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
+from pixelhdm_jax import storage
 from pixelhdm_jax.data.images import decoded_rgb
 
 
@@ -42,15 +44,21 @@ def image_grid(images: np.ndarray, columns: int) -> Image.Image:
   return Image.fromarray(grid.reshape(rows * height, columns * width, channels))
 
 
-def save_images(images: np.ndarray, output: str | pathlib.Path, num_images_per_prompt: int) -> list[pathlib.Path]:
+def save_png(image: Image.Image, path: epath.Path) -> None:
+  """Writes `image` as a PNG file at `path` (local or cloud)."""
+  with path.open("wb") as file:
+    image.save(file, format="PNG")
+
+
+def save_images(images: np.ndarray, output: str | os.PathLike, num_images_per_prompt: int) -> list[epath.Path]:
   """Writes `prompt{p:03d}_image{i:02d}.png` per image and `grid.png` (a row per prompt); returns the paths,
   the grid last."""
-  output = pathlib.Path(output)
+  output = storage.location(output)
   output.mkdir(parents=True, exist_ok=True)
   paths = []
   for k, image in enumerate(to_pil(images)):
     paths.append(output / f"prompt{k // num_images_per_prompt:03d}_image{k % num_images_per_prompt:02d}.png")
-    image.save(paths[-1])
+    save_png(image, paths[-1])
   paths.append(output / "grid.png")
-  image_grid(images, num_images_per_prompt).save(paths[-1])
+  save_png(image_grid(images, num_images_per_prompt), paths[-1])
   return paths

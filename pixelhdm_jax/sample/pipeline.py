@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import pathlib
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -95,7 +95,7 @@ class Pipeline:
         static_argnames=("spec",))
 
   @classmethod
-  def from_checkpoint(cls, path: str | pathlib.Path, *, use_ema: bool = True, step: int | None = None,
+  def from_checkpoint(cls, path: str | os.PathLike, *, use_ema: bool = True, step: int | None = None,
                       mesh: jax.sharding.Mesh | None = None, overrides: dict[str, Any] | None = None) -> Pipeline:
     """From a training workdir or an exported checkpoint (EMA weights unless `use_ema=False`).
 

@@ -14,7 +14,7 @@ silently starts afresh over an existing checkpoint.
 
 from __future__ import annotations
 
-import pathlib
+import os
 from typing import Any
 
 import grain
@@ -23,6 +23,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
+from pixelhdm_jax import storage
 from pixelhdm_jax.train.state import TrainState
 from pixelhdm_jax.weights.inference import CheckpointError, config_json
 
@@ -48,8 +49,8 @@ def differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
 class RunCheckpoints:
   """The Orbax `CheckpointManager` of one training workdir."""
 
-  def __init__(self, directory: str | pathlib.Path, *, keep: int, async_save: bool = True):
-    self.directory = pathlib.Path(directory).absolute()
+  def __init__(self, directory: str | os.PathLike, *, keep: int, async_save: bool = True):
+    self.directory = storage.location(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
     handlers = {name: ocp.StandardCheckpointHandler() for name in ("model", "ema", "train_state")}
     handlers["data"] = grain.checkpoint.CheckpointHandler()
@@ -59,7 +60,7 @@ class RunCheckpoints:
   def latest_step(self) -> int | None:
     """The newest complete checkpoint, None for a new run; raises if the directory holds only broken ones."""
     step = self.manager.latest_step()
-    if step is None:
+    if step is None and self.directory.exists():  # cloud storage has no empty directories
       leftovers = [p.name for p in self.directory.iterdir() if p.name.split(".")[0].isdigit()]
       if leftovers:
         raise CheckpointError(f"{self.directory} holds {sorted(leftovers)} but no complete checkpoint: "

@@ -11,7 +11,7 @@ Every process runs this loop (one per host); only process 0 writes metrics, samp
 
 from __future__ import annotations
 
-import pathlib
+import os
 import signal
 import time
 from typing import Any
@@ -22,7 +22,7 @@ import ml_collections
 from absl import logging
 from tqdm import tqdm
 
-from pixelhdm_jax import parallel
+from pixelhdm_jax import parallel, storage
 from pixelhdm_jax.config import validate
 from pixelhdm_jax.data.pipeline import build_train_loader
 from pixelhdm_jax.losses import repa_active
@@ -81,10 +81,10 @@ class _Pending:
     self.metrics, self.step, self.batch_shape, self.timed = metrics, step, batch_shape, timed
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the last logged metrics."""
   validate(config)
-  workdir = pathlib.Path(workdir)
+  workdir = storage.location(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = parallel.create_mesh(config.mesh)
   rules = parallel.logical_rules(config.mesh)

@@ -1,4 +1,5 @@
-"""Where metrics go: one JSON line per logged step (`metrics.jsonl`) and TensorBoard events (`tb/`).
+"""Where metrics go: one JSON line per logged step (`metrics.jsonl`) and TensorBoard events (`tb/`), in a local
+or cloud workdir (`storage`).
 
 Only process 0 writes. Values arrive as host numbers (the loop fetches them one step late).
 """
@@ -6,21 +7,22 @@ Only process 0 writes. Values arrive as host numbers (the loop fetches them one 
 from __future__ import annotations
 
 import json
-import pathlib
+import os
 from typing import Mapping
 
 import jax
 import numpy as np
-from tensorboardX import SummaryWriter
+
+from pixelhdm_jax import storage
 
 
 class MetricWriter:
-  def __init__(self, workdir: str | pathlib.Path):
+  def __init__(self, workdir: str | os.PathLike):
     self.enabled = jax.process_index() == 0
-    workdir = pathlib.Path(workdir)
+    workdir = storage.location(workdir)
     if self.enabled:
-      self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115  (closed in close())
-      self._tb = SummaryWriter(logdir=str(workdir / "tb"))
+      self._jsonl = storage.open_append(workdir / "metrics.jsonl")
+      self._tb = storage.tensorboard_writer(workdir / "tb")
 
   def scalars(self, step: int, values: Mapping[str, float]) -> None:
     if not self.enabled:

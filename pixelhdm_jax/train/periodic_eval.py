@@ -10,10 +10,10 @@ bit-identical to one without.
 
 from __future__ import annotations
 
-import pathlib
 from typing import Any
 
 from absl import logging
+from etils import epath
 
 from pixelhdm_jax.evaluation.evaluate import evaluate, write_result
 from pixelhdm_jax.evaluation.features import Extractors
@@ -25,7 +25,7 @@ from pixelhdm_jax.train.setup import Trainer
 class PeriodicEvaluation:
   """Scores the EMA weights every `train.eval_every` steps and at the last step (never when it is 0)."""
 
-  def __init__(self, trainer: Trainer, workdir: pathlib.Path):
+  def __init__(self, trainer: Trainer, workdir: epath.Path):
     self.trainer = trainer
     self.workdir = workdir
     self.extractors: Extractors | None = None

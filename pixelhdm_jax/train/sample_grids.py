@@ -8,12 +8,11 @@ over all devices); only process 0 writes.
 
 from __future__ import annotations
 
-import pathlib
-
 import jax
 import numpy as np
+from etils import epath
 
-from pixelhdm_jax.sample.images import image_grid
+from pixelhdm_jax.sample.images import image_grid, save_png
 from pixelhdm_jax.sample.pipeline import Pipeline
 from pixelhdm_jax.sample.request import SampleRequest
 from pixelhdm_jax.train.metrics import MetricWriter
@@ -23,7 +22,7 @@ class SampleGrids:
   """Writes the grid of `train.sample_prompts` for a step; the pipeline and its compiled loop are built on the
   first call and reused, and the request (prompts, size, seed) is the same every time."""
 
-  def __init__(self, trainer, workdir: pathlib.Path, writer: MetricWriter):
+  def __init__(self, trainer, workdir: epath.Path, writer: MetricWriter):
     self.trainer = trainer
     self.pipeline = None
     self.directory = workdir / "samples"
@@ -32,7 +31,7 @@ class SampleGrids:
     self.request = SampleRequest(list(train.sample_prompts), height=train.sample_size, width=train.sample_size,
                                  seed=trainer.config.seed)
 
-  def __call__(self, state, step: int) -> pathlib.Path:
+  def __call__(self, state, step: int) -> epath.Path:
     if self.pipeline is None:
       self.pipeline = Pipeline(self.trainer.config, state.ema, self.trainer.text_encoder, self.trainer.frozen["text"],
                                mesh=self.trainer.mesh)
@@ -41,6 +40,6 @@ class SampleGrids:
     if jax.process_index() == 0:
       grid = image_grid(images, columns=len(images))
       self.directory.mkdir(parents=True, exist_ok=True)
-      grid.save(path)
+      save_png(grid, path)
       self.writer.image(step, "samples", np.asarray(grid))
     return path

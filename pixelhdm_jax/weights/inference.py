@@ -9,14 +9,15 @@ stores.
 from __future__ import annotations
 
 import json
-import pathlib
+import os
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 
-from pixelhdm_jax import parallel
+from pixelhdm_jax import parallel, storage
 from pixelhdm_jax.models.pixelhdm import PixelHDM, abstract_params
 
 
@@ -54,9 +55,9 @@ def config_from_json(saved: dict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(saved)
 
 
-def checkpoint_directory(path: str | pathlib.Path) -> pathlib.Path:
+def checkpoint_directory(path: str | os.PathLike) -> epath.Path:
   """A training workdir (`<workdir>/checkpoints`) or a checkpoint directory itself (e.g. an export)."""
-  path = pathlib.Path(path).absolute()
+  path = storage.location(path)
   if (path / "checkpoints").is_dir():
     path = path / "checkpoints"
   if not path.is_dir():
@@ -64,7 +65,7 @@ def checkpoint_directory(path: str | pathlib.Path) -> pathlib.Path:
   return path
 
 
-def load_for_inference(path: str | pathlib.Path, *, use_ema: bool = True, step: int | None = None,
+def load_for_inference(path: str | os.PathLike, *, use_ema: bool = True, step: int | None = None,
                        sharding: jax.sharding.Sharding | None = None) -> tuple[ml_collections.ConfigDict, Any, int]:
   """(config, network params, step) from a workdir or an exported checkpoint; EMA weights when present and
   `use_ema`. Params are placed with `sharding` (default: replicated on the first local device)."""
@@ -79,7 +80,7 @@ def load_for_inference(path: str | pathlib.Path, *, use_ema: bool = True, step: 
   return config, next(iter(weights.values())), step
 
 
-def load_network_weights(path: str | pathlib.Path, abstract_network: Any, *, step: int | None = None
+def load_network_weights(path: str | os.PathLike, abstract_network: Any, *, step: int | None = None
                          ) -> tuple[ml_collections.ConfigDict, dict[str, Any], int]:
   """(saved config, {"model": params, "ema": params (workdirs only)}, step) of a workdir or an inference
   checkpoint, restored straight into the shapes and shardings of `abstract_network` (`ShapeDtypeStruct`s with
@@ -131,10 +132,10 @@ def _read_network(path, step, wanted) -> tuple[ml_collections.ConfigDict, dict[s
   return config, {item: weights[item] for item in abstract}, step
 
 
-def save_for_inference(directory: str | pathlib.Path, config: ml_collections.ConfigDict, params: Any,
-                       step: int = 0) -> pathlib.Path:
+def save_for_inference(directory: str | os.PathLike, config: ml_collections.ConfigDict, params: Any,
+                       step: int = 0) -> epath.Path:
   """Writes an inference checkpoint (items `model` and `config`) that `load_for_inference` reads."""
-  directory = pathlib.Path(directory).absolute()
+  directory = storage.location(directory)
   handlers = {"model": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
   with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False),
                              item_handlers=handlers) as manager:

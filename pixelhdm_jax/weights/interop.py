@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
+import os
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -20,7 +20,9 @@ import ml_collections
 import numpy as np
 import safetensors
 import safetensors.numpy
+from etils import epath
 
+from pixelhdm_jax import storage
 from pixelhdm_jax.config import validate
 from pixelhdm_jax.encoders.hf_checkpoint import CONFIG_FILE, SAFETENSORS_FILE, SafetensorsCheckpoint
 from pixelhdm_jax.models.pixelhdm import PixelHDM, abstract_params
@@ -54,7 +56,7 @@ class ImportedCheckpoint:
   notes: list[str]
 
 
-def _read_safetensors(path: pathlib.Path) -> OriginalCheckpoint:
+def _read_safetensors(path: epath.Path) -> OriginalCheckpoint:
   file = path / SAFETENSORS_FILE if path.is_dir() else path
   if not file.is_file():
     raise ConversionError(f"{file} does not exist: pass a .pt file, a .safetensors file or a folder holding "
@@ -67,7 +69,7 @@ def _read_safetensors(path: pathlib.Path) -> OriginalCheckpoint:
                             [f"read {file}" + (f" and {config_file}" if config else " (no config.json beside it)")])
 
 
-def _read_torch(path: pathlib.Path, use_ema: bool) -> OriginalCheckpoint:
+def _read_torch(path: epath.Path, use_ema: bool) -> OriginalCheckpoint:
   try:
     import torch
   except ImportError as error:
@@ -95,9 +97,11 @@ def _read_torch(path: pathlib.Path, use_ema: bool) -> OriginalCheckpoint:
   return OriginalCheckpoint(state_dict, checkpoint.get("config"), int(step), notes)
 
 
-def read_original(path: str | pathlib.Path, *, use_ema: bool = True) -> OriginalCheckpoint:
-  """Reads an original `.pt` (EMA weights if present and `use_ema`) or a safetensors export of ours."""
-  path = pathlib.Path(path)
+def read_original(path: str | os.PathLike, *, use_ema: bool = True) -> OriginalCheckpoint:
+  """Reads an original `.pt` (EMA weights if present and `use_ema`) or a safetensors export of ours (local, or
+  copied from cloud storage to a temporary folder first)."""
+  path = storage.location(path)
+  path = storage.local_copy(path) if path.exists() else path  # a missing one is named below
   if path.is_dir() or path.suffix == ".safetensors":
     return _read_safetensors(path)
   return _read_torch(path, use_ema)
@@ -124,25 +128,25 @@ def import_original(original: OriginalCheckpoint, base: ml_collections.ConfigDic
   return ImportedCheckpoint(config, params, original.step, notes + weight_notes)
 
 
-def write_original_safetensors(directory: str | pathlib.Path, config: ml_collections.ConfigDict, params: Any,
-                               step: int) -> list[pathlib.Path]:
+def write_original_safetensors(directory: str | os.PathLike, config: ml_collections.ConfigDict, params: Any,
+                               step: int) -> list[epath.Path]:
   """`model.safetensors` (the original's names, (out, in) Linear weights, float32) and `config.json` (the
   original's config fields) in `directory`; returns both paths."""
   for field, original in (("pixel_adaln", "pre"), ("prediction", "velocity")):
     if config.model[field] != original:
       raise ConversionError(f"model.{field}={config.model[field]!r} has no counterpart in the original (its "
                             f"network is {field}={original!r}): export with --format=orbax")
-  directory = pathlib.Path(directory)
+  directory = storage.location(directory)
   state_dict = export_state_dict(params)
   directory.mkdir(parents=True, exist_ok=True)
   weights, config_file = directory / SAFETENSORS_FILE, directory / CONFIG_FILE
-  safetensors.numpy.save_file(state_dict, str(weights), metadata={"format": "pt", "step": str(step)})
+  weights.write_bytes(safetensors.numpy.save(state_dict, metadata={"format": "pt", "step": str(step)}))
   config_file.write_text(json.dumps(original_config(config), indent=2) + "\n")
   return [weights, config_file]
 
 
-def export(source: str | pathlib.Path, output: str | pathlib.Path, *, formats: Sequence[str] = ("orbax",),
-           use_ema: bool = True, step: int | None = None) -> list[pathlib.Path]:
+def export(source: str | os.PathLike, output: str | os.PathLike, *, formats: Sequence[str] = ("orbax",),
+           use_ema: bool = True, step: int | None = None) -> list[epath.Path]:
   """Exports the network weights of `source` (a training workdir or an inference checkpoint; EMA unless
   `use_ema=False`; latest step unless `step`) into `output`: `orbax` writes an inference checkpoint
   (`output/<step>/{model,config}`), `safetensors` writes `model.safetensors` + `config.json`. Returns the
@@ -152,7 +156,7 @@ def export(source: str | pathlib.Path, output: str | pathlib.Path, *, formats: S
     raise ConversionError(f"export formats {list(formats)}: choose from {EXPORT_FORMATS}")
   config, params, step = load_for_inference(source, use_ema=use_ema, step=step)
   params = jax.tree.map(np.asarray, jax.device_get(params))
-  output = pathlib.Path(output).absolute()
+  output = storage.location(output)
   targets = {"orbax": [output / str(step)], "safetensors": [output / SAFETENSORS_FILE, output / CONFIG_FILE]}
   existing = [str(p) for f in formats for p in targets[f] if p.exists()]
   if existing:
