@@ -50,9 +50,6 @@ def _model(preset: str) -> ml_collections.ConfigDict:
   # Pixel blocks' AdaLN: pre = the original (modulate the input, gate the output); post = PixelDiT's
   # post-modulation (modulate the output, no gates; docs/deviations.md). Checkpoints of one do not load in the other.
   m.pixel_adaln = "pre"
-  # What the output head predicts: velocity (the original) or x, the clean image (JiT), whose velocity
-  # (x - z) / max(1 - t, 0.05) the losses and solvers use.
-  m.prediction = "velocity"
   m.compute_dtype = "auto"  # auto = bfloat16 on GPU/TPU, float32 on CPU
   m.attention = "auto"  # xla | cudnn | pallas_gpu | splash | auto
   m.scan_layers = True

@@ -21,7 +21,6 @@ from pixelhdm_jax.losses import BLOCK_TRANSFORMS
 from pixelhdm_jax.models import remat
 from pixelhdm_jax.models.adaln import PIXEL_ADALN_BIAS
 from pixelhdm_jax.models.layers import COMPUTE_DTYPES
-from pixelhdm_jax.models.pixelhdm import PREDICTIONS
 from pixelhdm_jax.optim import optimizer, schedules, zclip
 from pixelhdm_jax.sample import guidance, solvers
 
@@ -63,8 +62,6 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
            "(1-based index of the patch block whose output feeds iREPA)")
   _require(m.pixel_adaln in PIXEL_ADALN_BIAS,
            f"model.pixel_adaln={m.pixel_adaln!r} is unknown: choose one of {tuple(PIXEL_ADALN_BIAS)}")
-  _require(m.prediction in PREDICTIONS,
-           f"model.prediction={m.prediction!r} is unknown: choose one of {PREDICTIONS}")
   _require(m.compute_dtype in COMPUTE_DTYPES,
            f"model.compute_dtype={m.compute_dtype!r} is unknown: choose one of {COMPUTE_DTYPES}")
   _require(m.attention in kernels.KERNEL_NAMES,

@@ -62,15 +62,6 @@ def interpolate(x: jax.Array, noise: jax.Array, t: jax.Array) -> jax.Array:
   return t * x + (1.0 - t) * noise
 
 
-# x-prediction: the smallest 1 - t that a clean estimate is divided by (JiT's 0.05), so v stays finite at t = 1.
-MIN_CLEAN_GAP = 0.05
-
-
-def velocity_from_clean(z: jax.Array, t: jax.Array, x_hat: jax.Array) -> jax.Array:
-  """The velocity whose one-step estimate is `x_hat`: (x_hat - z) / max(1 - t, MIN_CLEAN_GAP)."""
-  return (x_hat - z) / jnp.maximum(1.0 - _per_sample(t, z), MIN_CLEAN_GAP)
-
-
 def velocity_target(x: jax.Array, noise: jax.Array) -> jax.Array:
   """v = x - noise, the time derivative of z_t."""
   return x - noise

@@ -25,7 +25,6 @@ BAD_MODEL = [
     ({"attention": "flash3"}, r"model.attention='flash3' is not an attention kernel"),
     ({"remat_policy": "some"}, r"model.remat_policy='some' is unknown"),
     ({"compute_dtype": "fp8"}, r"model.compute_dtype='fp8' is unknown"),
-    ({"prediction": "eps"}, r"model.prediction='eps' is unknown: choose one of \('velocity', 'x'\)"),
     ({"pixel_adaln": "mid"}, r"model.pixel_adaln='mid' is unknown: choose one of \('pre', 'post'\)"),
     ({"repa_align_layer": 17}, r"model.repa_align_layer=17 must be in \[1, model.patch_layers=16\]"),
     ({"patch_layers": 0}, r"model.patch_layers must be a positive integer"),

@@ -19,14 +19,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from pixelhdm_jax import flow
 from pixelhdm_jax.models import remat
 from pixelhdm_jax.models.blocks import PatchBlock, PixelBlock, patch_residual_scale, pixel_residual_scale
 from pixelhdm_jax.models.embeddings import PatchEmbedding, PixelEmbedding, TimeEmbedding, unpatchify
 from pixelhdm_jax.models.layers import ACTIVATION_AXES, Dtype, RMSNorm, abstract_key, compute_dtype, dense
 from pixelhdm_jax.models.rope import grid_positions, rope_tables, text_positions
-
-PREDICTIONS = ("velocity", "x")  # what the output head predicts (`model.prediction`)
 
 
 class PixelHDMOutput(NamedTuple):
@@ -95,7 +92,6 @@ class PixelHDM(nn.Module):
   text_dim: int = 1024
   use_pooled_text: bool = True
   pixel_adaln: str = "pre"
-  prediction: str = "velocity"
   attention: str = "xla"
   scan_layers: bool = True
   remat_policy: str = "full"
@@ -109,7 +105,7 @@ class PixelHDM(nn.Module):
                   time_embed_dim=model.time_embed_dim, mrope_split=tuple(model.mrope_split),
                   mrope_theta=model.mrope_theta, repa_align_layer=model.repa_align_layer,
                   text_dim=model.text_dim, use_pooled_text=model.use_pooled_text, pixel_adaln=model.pixel_adaln,
-                  prediction=model.prediction, attention=model.attention,
+                  attention=model.attention,
                   scan_layers=model.scan_layers, remat_policy=model.remat_policy,
                   dtype=compute_dtype(model.compute_dtype))
     fields.update(overrides)
@@ -129,7 +125,6 @@ class PixelHDM(nn.Module):
     batch, height, width, _ = x_t.shape
     grid_h, grid_w = height // self.patch_size, width // self.patch_size
     num_patches = grid_h * grid_w
-    noisy = x_t.astype(jnp.float32)
     x_t = x_t.astype(self.dtype)
 
     x = PatchEmbedding(self.hidden_dim, self.patch_size, self.bottleneck_dim, dtype=self.dtype,
@@ -175,8 +170,6 @@ class PixelHDM(nn.Module):
     pixels = RMSNorm(dtype=self.dtype, name="output_norm")(pixels)
     rgb = dense(3, ("pixel_dim", "rgb"), name="output_proj", dtype=self.dtype, use_bias=True)(pixels)
     velocity = unpatchify(rgb, self.patch_size, height, width).astype(jnp.float32)
-    if self.prediction == "x":  # the head predicts the clean image (JiT); the losses and solvers see its velocity
-      velocity = flow.velocity_from_clean(noisy, t.astype(jnp.float32), velocity)
     return PixelHDMOutput(velocity, features, gamma_l2)
 
 

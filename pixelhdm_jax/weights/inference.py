@@ -32,7 +32,7 @@ RENAMED_FIELDS = {"sample.sampler": "sample.solver", "data.sampler": "data.order
 ADDED_FIELDS = {"train.eval_every": 0, "train.eval_num_images": 2_000, "train.init_from": "",
                 "train.profile_steps": (), "evaluation.inception_weights": "",
                 "evaluation.inception_resize": "pytorch_fid", "evaluation.reference": "", "evaluation.batch_size": 64,
-                "data.allow_upscale": True, "model.pixel_adaln": "pre", "model.prediction": "velocity",
+                "data.allow_upscale": True, "model.pixel_adaln": "pre",
                 "flow.time_shift_mode": "fixed"}
 
 

@@ -132,10 +132,9 @@ def write_original_safetensors(directory: str | os.PathLike, config: ml_collecti
                                step: int) -> list[epath.Path]:
   """`model.safetensors` (the original's names, (out, in) Linear weights, float32) and `config.json` (the
   original's config fields) in `directory`; returns both paths."""
-  for field, original in (("pixel_adaln", "pre"), ("prediction", "velocity")):
-    if config.model[field] != original:
-      raise ConversionError(f"model.{field}={config.model[field]!r} has no counterpart in the original (its "
-                            f"network is {field}={original!r}): export with --format=orbax")
+  if config.model.pixel_adaln != "pre":
+    raise ConversionError(f"model.pixel_adaln={config.model.pixel_adaln!r} has no counterpart in the original "
+                          "(its pixel blocks pre-modulate): export with --format=orbax")
   directory = storage.location(directory)
   state_dict = export_state_dict(params)
   directory.mkdir(parents=True, exist_ok=True)
