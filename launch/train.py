@@ -2,10 +2,12 @@
 
 The config string picks a preset (tiny, small, default, large); any field can be overridden, e.g.
 `--config.train.num_steps=1000 --config.train.batch_size=64`. Re-running with the same workdir resumes from
-its latest checkpoint. On several hosts run the same command on every host (one process per host), with
-`--distributed` on a TPU VM pod slice or the coordinator flags where the cluster is not detected
-(docs/distributed.md).
+its latest checkpoint; a workdir holds one run at a time (`--force_unlock` breaks the lock of a run that is
+gone). On several hosts run the same command on every host (one process per host), with `--distributed` on a
+TPU VM pod slice or the coordinator flags where the cluster is not detected (docs/distributed.md).
 """
+
+import sys
 
 import jax
 from absl import app, flags, logging
@@ -25,6 +27,8 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of pr
                                    "detect (with --num_processes and --process_id).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job (one per host).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
+_FORCE_UNLOCK = flags.DEFINE_bool("force_unlock", False, "Take over the workdir's lock from another run (one that "
+                                   "is gone, e.g. on a lost machine).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -46,9 +50,14 @@ def main(argv):
     raise app.UsageError(str(error)) from error
   configure_compilation_cache()
   from pixelhdm_jax.train.loop import train_and_evaluate  # after jax.distributed, which must come first
+  from pixelhdm_jax.train.workdir_lock import WorkdirLockedError
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value, force_unlock=_FORCE_UNLOCK.value)
+  except WorkdirLockedError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

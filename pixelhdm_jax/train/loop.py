@@ -5,7 +5,8 @@ restores the latest checkpoint into it), then runs one compiled step per bucket 
 device one step late, so the host never stalls the device queue: every step only the skip counter that the
 divergence check needs, at `train.log_every` all of them, which go to the progress bar, the console,
 `metrics.jsonl` and TensorBoard. Checkpoints are asynchronous; SIGTERM (preemption) saves and returns. Sample
-grids and evaluations (`train.eval_every`) run between steps and only read the state.
+grids and evaluations (`train.eval_every`) run between steps and only read the state. A lock file keeps a
+second run out of the workdir.
 Every process runs this loop (one per host); only process 0 writes metrics, sample grids and the bar.
 """
 
@@ -32,6 +33,7 @@ from pixelhdm_jax.train.metrics import MetricWriter
 from pixelhdm_jax.train.periodic_eval import PeriodicEvaluation
 from pixelhdm_jax.train.sample_grids import SampleGrids
 from pixelhdm_jax.train.setup import build_trainer, log_param_sharding
+from pixelhdm_jax.train.workdir_lock import WorkdirLock
 
 
 class NonFiniteError(RuntimeError):
@@ -79,15 +81,18 @@ class _Pending:
     self.metrics, self.step, self.batch_shape, self.timed = metrics, step, batch_shape, timed
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
-  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the last logged metrics."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
+                       force_unlock: bool = False) -> dict[str, float]:
+  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the last logged metrics. The
+  workdir is locked for the run (`force_unlock` breaks another run's lock)."""
   validate(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  mesh = parallel.create_mesh(config.mesh)
-  rules = parallel.logical_rules(config.mesh)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    return _train(config, workdir, mesh, rules)
+  with WorkdirLock(workdir, force=force_unlock, enabled=jax.process_index() == 0):
+    mesh = parallel.create_mesh(config.mesh)
+    rules = parallel.logical_rules(config.mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      return _train(config, workdir, mesh, rules)
 
 
 def _train(config, workdir, mesh, rules) -> dict[str, float]:
