@@ -3,10 +3,12 @@
 The config string picks a preset (tiny, small, default, large); any field can be overridden, e.g.
 `--config.train.num_steps=1000 --config.train.batch_size=64`. Re-running with the same workdir resumes from
 its latest checkpoint; a workdir holds one run at a time (`--force_unlock` breaks the lock of a run that is
-gone). On several hosts run the same command on every host (one process per host), with `--distributed` on a
-TPU VM pod slice or the coordinator flags where the cluster is not detected (docs/distributed.md).
+gone). Ctrl-C saves and exits like a preemption (a second Ctrl-C stops at once). On several hosts run the
+same command on every host (one process per host), with `--distributed` on a TPU VM pod slice or the
+coordinator flags where the cluster is not detected (docs/distributed.md).
 """
 
+import os
 import sys
 
 import jax
@@ -58,6 +60,10 @@ def main(argv):
   except WorkdirLockedError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
+  except KeyboardInterrupt:
+    print("error: interrupted twice: stopped without saving; the run resumes from its last checkpoint",
+          file=sys.stderr, flush=True)
+    os._exit(130)  # at once, not after an asynchronous save still in flight
 
 
 if __name__ == "__main__":

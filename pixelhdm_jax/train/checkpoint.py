@@ -6,10 +6,11 @@ A workdir's `checkpoints/<step>/` holds the items
   train_state  step, iREPA projector, optimizer state (with ZClip), skip counters, the base RNG key
   data         the Grain iterator state (one file per process)
   config       the run's config as JSON
-Saves are asynchronous and atomic (a step directory appears only when complete); `keep` bounds how many
-stay. A restore goes straight into the abstract sharded state, so it works on a different mesh. A checkpoint
-that cannot be restored, or was written for another network, is an error naming its path: training never
-silently starts afresh over an existing checkpoint.
+Saves are asynchronous and atomic (a step directory appears only when complete; an interrupted save leaves
+`<step>.orbax-checkpoint-tmp*`, which the next run removes); `keep` bounds how many stay. A restore goes
+straight into the abstract sharded state, so it works on a different mesh. A checkpoint that cannot be
+restored, or was written for another network, is an error naming its path: training never silently starts
+afresh over an existing checkpoint.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 from pixelhdm_jax.train.state import TrainState
 from pixelhdm_jax.weights.inference import CheckpointError, config_json
@@ -30,6 +32,8 @@ from pixelhdm_jax.weights.inference import CheckpointError, config_json
 # precision on another accelerator, more or less remat, encoder weights moved to another folder).
 RESUMABLE_WITH_OTHER = frozenset({"attention", "remat_policy", "scan_layers", "compute_dtype", "path", "hub_id",
                                   "allow_download"})
+# What Orbax appends to the directory of a save in progress (`<step>.orbax-checkpoint-tmp-<time>`).
+UNFINISHED_SUFFIX = ".orbax-checkpoint-tmp"
 
 
 def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
@@ -41,6 +45,17 @@ def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
     elif a != b and not (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and list(a) == list(b)):
       out.append(f"{prefix}{key}: checkpoint {a!r}, this run {b!r}")
   return out
+
+
+def remove_unfinished_saves(directory: str | pathlib.Path) -> None:
+  """Removes the temporary directories of saves that were interrupted (Orbax renames a save's directory to
+  `<step>` only once it is complete, so these hold nothing a run can use)."""
+  directory = epath.Path(directory)
+  if not directory.is_dir():
+    return
+  for path in sorted(directory.glob(f"*{UNFINISHED_SUFFIX}*")):
+    logging.warning("removing %s, the unfinished save of an interrupted run", path)
+    path.rmtree()
 
 
 class RunCheckpoints:

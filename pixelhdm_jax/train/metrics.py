@@ -1,6 +1,8 @@
 """Where metrics go: one JSON line per logged step (`metrics.jsonl`) and TensorBoard events (`tb/`).
 
-Only process 0 writes. Values arrive as host numbers (the loop fetches them one step late).
+Only process 0 writes. Values arrive as host numbers (the loop fetches them one step late). A resumed run first
+drops the rows after its checkpoint's step, which the interrupted run logged but the resumed one logs again, so
+`metrics.jsonl` keeps one row per logged step.
 """
 
 from __future__ import annotations
@@ -11,14 +13,44 @@ from typing import Mapping
 
 import jax
 import numpy as np
+from absl import logging
+from etils import epath
 from tensorboardX import SummaryWriter
 
 
+def drop_rows_after(path: str | pathlib.Path, step: int) -> None:
+  """Rewrites the JSON-lines file `path` without its rows of steps after `step` (and a line cut short by a
+  kill), replacing it only once the new file is complete."""
+  path = epath.Path(path)
+  if not path.exists():
+    return
+  lines = path.read_text(encoding="utf-8").splitlines()
+  kept = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except ValueError:
+      continue
+    if isinstance(row, dict) and row.get("step", 0) <= step:
+      kept.append(line)
+  if len(kept) == len(lines):
+    return
+  logging.warning("%s: dropped %d rows after step %d, the checkpoint this run resumes from (it logs those steps "
+                  "again)", path, len(lines) - len(kept), step)
+  staged = path.with_name(path.name + ".tmp")
+  staged.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+  staged.replace(path)
+
+
 class MetricWriter:
-  def __init__(self, workdir: str | pathlib.Path):
+  """Appends to `workdir/metrics.jsonl` and `workdir/tb`, after dropping the rows after `start_step` (the
+  checkpoint a run resumes from; 0 for a new run)."""
+
+  def __init__(self, workdir: str | pathlib.Path, start_step: int = 0):
     self.enabled = jax.process_index() == 0
     workdir = pathlib.Path(workdir)
     if self.enabled:
+      drop_rows_after(workdir / "metrics.jsonl", start_step)
       self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115  (closed in close())
       self._tb = SummaryWriter(logdir=str(workdir / "tb"))
 
