@@ -2,10 +2,11 @@
 
 The config string picks a preset (tiny, small, default, large); any field can be overridden, e.g.
 `--config.train.num_steps=1000 --config.train.batch_size=64`. Re-running with the same workdir resumes from
-its latest checkpoint; a workdir holds one run at a time (`--force_unlock` breaks the lock of a run that is
-gone). Ctrl-C saves and exits like a preemption (a second Ctrl-C stops at once). On several hosts run the
-same command on every host (one process per host), with `--distributed` on a TPU VM pod slice or the
-coordinator flags where the cluster is not detected (docs/distributed.md).
+its newest checkpoint that restores (`--strict_resume`: an unreadable newest checkpoint is an error instead);
+a workdir holds one run at a time (`--force_unlock` breaks the lock of a run that is gone). Ctrl-C saves and
+exits like a preemption (a second Ctrl-C stops at once). On several hosts run the same command on every host
+(one process per host), with `--distributed` on a TPU VM pod slice or the coordinator flags where the cluster
+is not detected (docs/distributed.md).
 """
 
 import os
@@ -31,6 +32,8 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the j
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
 _FORCE_UNLOCK = flags.DEFINE_bool("force_unlock", False, "Take over the workdir's lock from another run (one that "
                                    "is gone, e.g. on a lost machine).")
+_STRICT_RESUME = flags.DEFINE_bool("strict_resume", False, "Stop when the newest checkpoint cannot be read, instead "
+                                   "of renaming it <step>.corrupt and resuming from the previous one.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -53,11 +56,13 @@ def main(argv):
   configure_compilation_cache()
   from pixelhdm_jax.train.loop import train_and_evaluate  # after jax.distributed, which must come first
   from pixelhdm_jax.train.workdir_lock import WorkdirLockedError
+  from pixelhdm_jax.weights.inference import CheckpointError
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value, force_unlock=_FORCE_UNLOCK.value)
-  except WorkdirLockedError as error:
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value, force_unlock=_FORCE_UNLOCK.value,
+                       strict_resume=_STRICT_RESUME.value)
+  except (WorkdirLockedError, CheckpointError) as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
   except KeyboardInterrupt:

@@ -89,10 +89,11 @@ class _Pending:
     self.metrics, self.step, self.batch_shape, self.timed = metrics, step, batch_shape, timed
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
-                       force_unlock: bool = False) -> dict[str, float]:
-  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the last logged metrics. The
-  workdir is locked for the run (`force_unlock` breaks another run's lock)."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, force_unlock: bool = False,
+                       strict_resume: bool = False) -> dict[str, float]:
+  """Trains `config` in `workdir` (resuming from its newest checkpoint that restores); returns the last logged
+  metrics. The workdir is locked for the run (`force_unlock` breaks another run's lock); `strict_resume` makes
+  an unreadable newest checkpoint an error instead of a fallback to the previous one."""
   validate(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -100,10 +101,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     mesh = parallel.create_mesh(config.mesh)
     rules = parallel.logical_rules(config.mesh)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      return _train(config, workdir, mesh, rules)
+      return _train(config, workdir, mesh, rules, strict_resume)
 
 
-def _train(config, workdir, mesh, rules) -> dict[str, float]:
+def _train(config, workdir, mesh, rules, strict_resume) -> dict[str, float]:
   trainer = build_trainer(config, mesh, rules)
   log_param_sharding(trainer)
   if jax.process_index() == 0:
@@ -117,8 +118,8 @@ def _train(config, workdir, mesh, rules) -> dict[str, float]:
     state = trainer.new_state(init_rng)
     logging.info("new run in %s", workdir)
   else:
-    checkpoints.check_config(latest, config)
-    state, rng = checkpoints.restore(latest, trainer.abstract_state())
+    latest, state, rng = checkpoints.restore_newest(config, trainer.abstract_state(),
+                                                    strict=strict_resume or jax.process_count() > 1)
     if not checkpoints.restore_data(latest, loader):
       # Batches are a pure function of the step, so the loader can restart exactly where the run stopped.
       logging.warning("rebuilding the data loader at batch %d (other worker or process count)", int(state.step))

@@ -8,9 +8,11 @@ stores.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
-from typing import Any
+import sys
+from typing import Any, Iterator
 
 import jax
 import ml_collections
@@ -22,6 +24,36 @@ from pixelhdm_jax.models.pixelhdm import PixelHDM, abstract_params
 
 class CheckpointError(RuntimeError):
   """A checkpoint exists but cannot be used: the message names the path and what is wrong."""
+
+
+class UnreadableCheckpointError(CheckpointError):
+  """A checkpoint's files cannot be read (damaged or incomplete), as opposed to one that does not fit."""
+
+
+def short_reason(error: BaseException, limit: int = 300) -> str:
+  """`Type: first line of the message`, at most `limit` characters: the cause of a failed restore without the
+  TensorStore spec dumps that follow it."""
+  lines = str(error).strip().splitlines()
+  reason = f"{type(error).__name__}: {lines[0] if lines else ''}"
+  return reason if len(reason) <= limit else reason[:limit - 3] + "..."
+
+
+def _drop_closed_loop_callbacks(previous):
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+  return hook
+
+
+@contextlib.contextmanager
+def quiet_failed_restore() -> Iterator[None]:
+  """Around an Orbax restore: when one array fails to read, the reads still in flight finish into the restore's
+  closed asyncio loop, each printing an 'Event loop is closed' traceback (hundreds of lines that bury the real
+  error). Those alone are dropped, for the rest of the process once a restore failed (they arrive late)."""
+  previous = sys.unraisablehook
+  sys.unraisablehook = _drop_closed_loop_callbacks(previous)
+  yield
+  sys.unraisablehook = previous
 
 
 # Config fields renamed after checkpoints were written with the old name: old -> new (`sample.sampler` was the
@@ -65,30 +97,56 @@ def checkpoint_directory(path: str | pathlib.Path) -> pathlib.Path:
 def load_for_inference(path: str | pathlib.Path, *, use_ema: bool = True, step: int | None = None,
                        sharding: jax.sharding.Sharding | None = None) -> tuple[ml_collections.ConfigDict, Any, int]:
   """(config, network params, step) from a workdir or an exported checkpoint; EMA weights when present and
-  `use_ema`. Params are placed with `sharding` (default: replicated on the first local device)."""
+  `use_ema`. Params are placed with `sharding` (default: replicated on the first local device). When the
+  checkpoint cannot be read, the error names the newest earlier one that can."""
   directory = checkpoint_directory(path)
   handlers = {"model": ocp.StandardCheckpointHandler(), "ema": ocp.StandardCheckpointHandler(),
               "config": ocp.JsonCheckpointHandler()}
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
                                   item_handlers=handlers)
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise CheckpointError(f"{directory} holds no complete checkpoint")
-  item = "ema" if use_ema and (directory / str(step) / "ema").is_dir() else "model"
   try:
-    config = config_from_json(manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"{directory} holds no complete checkpoint")
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    network = parallel.strip_boxes(abstract_params(PixelHDM.from_config(config.model)))
-    abstract = parallel.abstract_arrays(network, sharding)
-    params = manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract)}))[item]
-  except CheckpointError:
-    raise
-  except Exception as error:  # re-raised with the path
-    raise CheckpointError(f"cannot load the network weights ({item}) of checkpoint {directory / str(step)}: "
-                          f"{type(error).__name__}: {error}") from error
+    try:
+      config, params = _load(manager, directory, step, use_ema, sharding)
+    except UnreadableCheckpointError as error:
+      earlier = _newest_loadable(manager, directory, [s for s in manager.all_steps() if s < step], use_ema,
+                                 sharding)
+      raise UnreadableCheckpointError(f"{error}. The newest earlier checkpoint that loads: "
+                                      + (f"step {earlier} (--step={earlier})" if earlier is not None else "none")
+                                      ) from error
   finally:
     manager.close()
   return config, params, step
+
+
+def _load(manager: ocp.CheckpointManager, directory: pathlib.Path, step: int, use_ema: bool,
+          sharding: jax.sharding.Sharding) -> tuple[ml_collections.ConfigDict, Any]:
+  """(config, params) of checkpoint `step`, or `UnreadableCheckpointError` naming it."""
+  item = "ema" if use_ema and (directory / str(step) / "ema").is_dir() else "model"
+  try:
+    config = config_from_json(manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+    network = parallel.strip_boxes(abstract_params(PixelHDM.from_config(config.model)))
+    abstract = parallel.abstract_arrays(network, sharding)
+    with quiet_failed_restore():
+      params = manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract)}))[item]
+  except Exception as error:  # re-raised with the path
+    raise UnreadableCheckpointError(f"cannot load the network weights ({item}) of checkpoint "
+                                    f"{directory / str(step)}: {short_reason(error)}") from error
+  return config, params
+
+
+def _newest_loadable(manager, directory, steps, use_ema, sharding) -> int | None:
+  """The newest of `steps` whose network weights load (a full load: a damaged array shows only when read)."""
+  for step in sorted(steps, reverse=True):
+    try:
+      _load(manager, directory, step, use_ema, sharding)
+    except UnreadableCheckpointError:
+      continue
+    return step
+  return None
 
 
 def save_for_inference(directory: str | pathlib.Path, config: ml_collections.ConfigDict, params: Any,

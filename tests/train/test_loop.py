@@ -1,9 +1,11 @@
-"""The tiny preset end to end: it learns, resumes bit for bit, saves on Ctrl-C and SIGTERM, fails loudly on bad
-checkpoints."""
+"""The tiny preset end to end: it learns, resumes bit for bit, saves on Ctrl-C and SIGTERM, sets an unreadable
+newest checkpoint aside and resumes from the previous one, fails loudly on checkpoints it cannot use."""
 
 import json
 import os
 import pathlib
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,10 +15,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from pixelhdm_jax.train.checkpoint import remove_unfinished_saves
+from pixelhdm_jax.train.checkpoint import RunCheckpoints, remove_unfinished_saves
 from pixelhdm_jax.train.loop import train_and_evaluate
 from pixelhdm_jax.weights.inference import CheckpointError
-from tests.helpers import tiny_run_config
+from tests.helpers import damage_arrays, tiny_run_config
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -106,16 +108,52 @@ def _train_command(workdir, *flags):
           "--config.data.max_resolution=32", "--config.train.sample_prompts=()", *flags]
 
 
-def test_corrupt_checkpoint_is_a_loud_error(straight_and_resumed, tmp_path):
-  import shutil
+@pytest.fixture
+def broken_newest(straight_and_resumed, tmp_path):
+  """A copy of the resumed run (checkpoints 3 and 6) whose checkpoint 6 has every array file cut in half."""
   _, resumed = straight_and_resumed
   broken = tmp_path / "broken"
   shutil.copytree(resumed, broken)
-  for path in (broken / "checkpoints" / "6" / "model").rglob("*"):
-    if path.is_file():  # damage every file of the network's weights
-      path.write_bytes(b"garbage")
-  with pytest.raises(CheckpointError, match=r"cannot restore .* from checkpoint .*broken/checkpoints/6"):
-    train_and_evaluate(tiny_run_config(num_steps=8), broken)
+  damage_arrays(broken / "checkpoints" / "6")
+  return broken
+
+
+def test_unreadable_newest_checkpoint_is_set_aside_and_the_previous_resumed(straight_and_resumed, broken_newest,
+                                                                           caplog):
+  """Also: an interrupted save's temporary directory is removed, and metrics.jsonl keeps one row per step (the
+  rows 4-6 of the first run, logged after checkpoint 3, are dropped before the resumed run logs them again)."""
+  straight, _ = straight_and_resumed
+  checkpoints = broken_newest / "checkpoints"
+  (checkpoints / "9.orbax-checkpoint-tmp-1764460000").mkdir()
+  train_and_evaluate(tiny_run_config(num_steps=6), broken_newest)
+  warnings = [r.getMessage() for r in caplog.records if "renamed it" in r.getMessage()]
+  assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+  assert re.fullmatch(r"cannot restore model, ema, train_state from checkpoint .*/broken/checkpoints/6: "
+                      r"ValueError: .{20,300}; renamed it 6.corrupt and resuming from step 3", warnings[0])
+  assert "9.orbax-checkpoint-tmp-1764460000, the unfinished save of an interrupted run" in caplog.text
+  assert sorted(p.name for p in checkpoints.iterdir()) == ["3", "6", "6.corrupt"]
+  losses = [(m["step"], m["loss"]) for m in _metrics(broken_newest)]
+  assert losses == [(m["step"], m["loss"]) for m in _metrics(straight)]  # resumed from 3 exactly
+  assert not (broken_newest / "run.lock").exists()
+
+
+def test_strict_resume_stops_on_an_unreadable_newest_checkpoint(broken_newest):
+  done = subprocess.run(_train_command(broken_newest, "--config.train.num_steps=6", "--strict_resume"), cwd=REPO,
+                        capture_output=True, text=True, timeout=240, check=False)
+  assert done.returncode == 2, done.stderr[-3000:]
+  errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+  assert re.fullmatch(r"error: cannot restore .* from checkpoint .*/broken/checkpoints/6: .{20,300}\. Move "
+                      r".*/broken/checkpoints/6 away to resume from step 3", errors[0]), errors[0]
+  assert (broken_newest / "checkpoints" / "6").is_dir() and not (broken_newest / "run.lock").exists()
+
+
+def test_set_aside_checkpoints_alone_are_a_loud_error(tmp_path):
+  (tmp_path / "checkpoints" / "4.corrupt").mkdir(parents=True)
+  checkpoints = RunCheckpoints(tmp_path / "checkpoints", keep=3)
+  with pytest.raises(CheckpointError, match=r"holds \['4.corrupt'\] but no complete checkpoint"):
+    checkpoints.latest_step()
+  checkpoints.close()
 
 
 def test_checkpoint_of_another_model_is_a_loud_error(straight_and_resumed):
@@ -186,7 +224,6 @@ def test_sigterm_and_a_first_sigint_ask_for_a_save_a_second_sigint_aborts():
 
 
 def test_resume_on_a_different_mesh(straight_and_resumed, tmp_path):
-  import shutil
   straight, _ = straight_and_resumed
   workdir = tmp_path / "remeshed"
   shutil.copytree(straight, workdir)
@@ -259,7 +296,6 @@ def test_metrics_are_read_in_full_only_on_logged_steps():
 
 
 def test_resume_with_another_kernel_and_remat_policy_is_allowed(straight_and_resumed):
-  from pixelhdm_jax.train.checkpoint import RunCheckpoints
   straight, _ = straight_and_resumed
   config = tiny_run_config(num_steps=6)
   config.model.update(attention="xla", remat_policy="full", compute_dtype="float32")
