@@ -3,6 +3,7 @@
 - `require_torch`: torch, or a skip naming why; the comparisons with PyTorch need it, nothing else does.
 - `tiny_run_config`: a tiny training config that compiles once (one 32x32 bucket, batch 8 over 8 devices).
 - `tiny_inference_checkpoint`: an inference checkpoint of the tiny preset's freshly initialised network.
+- `damage_arrays`: truncates every array data file of a checkpoint step (a save cut short on disk).
 - `global_norm`: the L2 norm over every leaf in Python floats, the reference for `optax.tree.norm`.
 - `hf_qwen3_config`, `hf_dinov3_config`, `randomize`: tiny random Hugging Face models (torch).
 - `original_config`, `original_inputs`, `original_model_and_params`: a fixture of the original PyTorch
@@ -50,6 +51,14 @@ def tiny_inference_checkpoint(directory: pathlib.Path, step: int) -> pathlib.Pat
                                jnp.zeros((1, 1, model.text_dim)), jnp.ones((1, 1), bool),
                                jnp.zeros((1, model.text_dim)))["params"]
   return save_for_inference(directory, config, nn.unbox(params), step=step)
+
+
+def damage_arrays(step_directory: pathlib.Path) -> None:
+  """Cuts every array data file (Orbax's `d/` chunks) under checkpoint `step_directory` to half its length."""
+  files = [path for path in step_directory.rglob("*") if path.is_file() and path.parent.name == "d"]
+  assert files, f"no array data files under {step_directory}"
+  for path in files:
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
 
 
 def global_norm(tree) -> float:

@@ -22,6 +22,7 @@ worker or process counts rebuilds the loader with `start_step` = the number of b
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import grain
@@ -136,8 +137,16 @@ def build_train_dataset(config, tokenizer, *, process_index: int = 0, process_co
   dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=d.num_threads, prefetch_buffer_size=d.prefetch))
   if d.num_workers > 0:
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.num_workers,
-                                                               per_worker_buffer_size=d.prefetch))
+                                                               per_worker_buffer_size=d.prefetch),
+                                  worker_init_fn=_ignore_interrupts)
   return dataset
+
+
+def _ignore_interrupts(worker_index: int, worker_count: int) -> None:
+  """In each Grain worker: Ctrl-C reaches every process of the terminal's job, and the training process, which
+  saves a checkpoint and then stops the workers, must still get its batches."""
+  del worker_index, worker_count
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def build_train_loader(config, tokenizer, *, process_index: int = 0, process_count: int = 1, start_step: int = 0,

@@ -6,10 +6,11 @@ A workdir's `checkpoints/<step>/` holds the items
   train_state  step, iREPA projector, optimizer state (with ZClip), skip counters, the base RNG key
   data         the Grain iterator state (one file per process)
   config       the run's config as JSON
-Saves are asynchronous and atomic (a step directory appears only when complete); `keep` bounds how many
-stay. A restore goes straight into the abstract sharded state, so it works on a different mesh. A checkpoint
-that cannot be restored, or was written for another network, is an error naming its path: training never
-silently starts afresh over an existing checkpoint.
+Saves are asynchronous and atomic (a step directory appears only when complete; an interrupted save leaves
+`<step>.orbax-checkpoint-tmp*`, which the next run removes); `keep` bounds how many stay. A restore goes
+straight into the abstract sharded state, so it works on a different mesh. An unreadable newest checkpoint is
+renamed `<step>.corrupt` and the previous one restored (an error when strict); one written for another
+network is an error naming its path: training never silently starts afresh over an existing checkpoint.
 """
 
 from __future__ import annotations
@@ -22,15 +23,24 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 from pixelhdm_jax import storage
 from pixelhdm_jax.train.state import TrainState
-from pixelhdm_jax.weights.inference import CheckpointError, config_json
+from pixelhdm_jax.weights.inference import (
+  CheckpointError,
+  UnreadableCheckpointError,
+  config_json,
+  quiet_failed_restore,
+  short_reason,
+)
 
 # Settings that do not change what the weights mean: a run may resume with other values (another kernel or
 # precision on another accelerator, more or less remat, encoder weights moved to another folder).
 RESUMABLE_WITH_OTHER = frozenset({"attention", "remat_policy", "scan_layers", "compute_dtype", "path", "hub_id",
                                   "allow_download"})
+# What Orbax appends to the directory of a save in progress (`<step>.orbax-checkpoint-tmp-<time>`).
+UNFINISHED_SUFFIX = ".orbax-checkpoint-tmp"
 
 
 def differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
@@ -44,6 +54,28 @@ def differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
     elif a != b and not (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and list(a) == list(b)):
       out.append(f"{prefix}{key}: checkpoint {a!r}, this run {b!r}")
   return out
+
+
+def remove_unfinished_saves(directory: str | os.PathLike) -> None:
+  """Removes the temporary directories of saves that were interrupted (Orbax renames a save's directory to
+  `<step>` only once it is complete, so these hold nothing a run can use)."""
+  directory = epath.Path(directory)
+  if not directory.is_dir():
+    return
+  for path in sorted(directory.glob(f"*{UNFINISHED_SUFFIX}*")):
+    logging.warning("removing %s, the unfinished save of an interrupted run", path)
+    path.rmtree()
+
+
+def _set_aside(path: epath.Path) -> epath.Path:
+  """Renames checkpoint `path` to `<step>.corrupt` (`.corrupt-2`, ... if taken): kept for inspection, never
+  deleted, and no longer a step for Orbax."""
+  target, n = path.with_name(f"{path.name}.corrupt"), 1
+  while target.exists():
+    n += 1
+    target = path.with_name(f"{path.name}.corrupt-{n}")
+  path.rename(target)
+  return target
 
 
 class RunCheckpoints:
@@ -77,6 +109,26 @@ class RunCheckpoints:
                               data=grain.checkpoint.CheckpointSave(data_iterator),
                               config=ocp.args.JsonSave(config_json(config)))
     return self.manager.save(step, args=args, force=force)
+
+  def restore_newest(self, config: ml_collections.ConfigDict, abstract: TrainState, *,
+                     strict: bool) -> tuple[int, TrainState, jax.Array]:
+    """(step, train state, base rng) of the newest checkpoint that restores, after `check_config`. An
+    unreadable one is renamed `<step>.corrupt` with a warning and the previous one tried; with `strict` (which
+    the loop also sets on several processes, since they could disagree on the step) it is an error instead."""
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    for index, step in enumerate(steps):
+      try:
+        self.check_config(step, config)
+        return (step, *self.restore(step, abstract))
+      except UnreadableCheckpointError as error:
+        earlier = steps[index + 1] if index + 1 < len(steps) else None
+        if strict or earlier is None:
+          way = f"resume from step {earlier}" if earlier is not None else "start a new run (no earlier checkpoint)"
+          raise CheckpointError(f"{error}. Move {self.directory / str(step)} away to {way}") from error
+        corrupt = _set_aside(self.directory / str(step))
+        logging.warning("%s; renamed it %s and resuming from step %d", error, corrupt.name, earlier)
+        self.manager.reload()
+    raise CheckpointError(f"{self.directory} holds no checkpoint")
 
   def check_config(self, step: int, config: ml_collections.ConfigDict) -> None:
     """Raises if checkpoint `step` was written for a different network or text/teacher encoder (settings in
@@ -118,10 +170,11 @@ class RunCheckpoints:
 
   def _restore(self, step: int, **items) -> Any:
     try:
-      return self.manager.restore(step, args=ocp.args.Composite(**items))
+      with quiet_failed_restore():
+        return self.manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as error:  # re-raised with the path: a broken checkpoint must be loud
-      raise CheckpointError(f"cannot restore {', '.join(items)} from checkpoint {self.directory / str(step)}: "
-                            f"{type(error).__name__}: {error}") from error
+      raise UnreadableCheckpointError(f"cannot restore {', '.join(items)} from checkpoint "
+                                      f"{self.directory / str(step)}: {short_reason(error)}") from error
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

@@ -4,8 +4,9 @@ The loop builds the mesh, the frozen encoders, the networks and the data, create
 restores the latest checkpoint into it), then runs one compiled step per bucket shape. Metrics leave the
 device one step late, so the host never stalls the device queue: every step only the skip counter that the
 divergence check needs, at `train.log_every` all of them, which go to the progress bar, the console,
-`metrics.jsonl` and TensorBoard. Checkpoints are asynchronous; SIGTERM (preemption) saves and returns. Sample
-grids and evaluations (`train.eval_every`) run between steps and only read the state.
+`metrics.jsonl` and TensorBoard. Checkpoints are asynchronous; SIGTERM (preemption) and Ctrl-C save and return.
+Sample grids and evaluations (`train.eval_every`) run between steps and only read the state. A lock file keeps
+a second run out of the workdir.
 Every process runs this loop (one per host); only process 0 writes metrics, sample grids and the bar.
 """
 
@@ -27,13 +28,14 @@ from pixelhdm_jax.config import validate
 from pixelhdm_jax.data.pipeline import build_train_loader
 from pixelhdm_jax.losses import repa_active
 from pixelhdm_jax.perf import flops
-from pixelhdm_jax.train.checkpoint import RunCheckpoints
+from pixelhdm_jax.train.checkpoint import RunCheckpoints, remove_unfinished_saves
 from pixelhdm_jax.train.init_from import initialize_from
 from pixelhdm_jax.train.metrics import MetricWriter
 from pixelhdm_jax.train.periodic_eval import PeriodicEvaluation
 from pixelhdm_jax.train.profiling import StepProfiler
 from pixelhdm_jax.train.sample_grids import SampleGrids
 from pixelhdm_jax.train.setup import build_trainer, log_param_sharding
+from pixelhdm_jax.train.workdir_lock import WorkdirLock
 
 
 class NonFiniteError(RuntimeError):
@@ -41,34 +43,42 @@ class NonFiniteError(RuntimeError):
 
 
 class _Preemption:
-  """Remembers a SIGTERM so the loop can save and return at the next step boundary (one process only).
+  """Remembers a SIGTERM (preemption) or a first SIGINT (Ctrl-C) so the loop can save and return at the next
+  step boundary (one process only); a second SIGINT aborts at once (KeyboardInterrupt, no save).
 
-  With several processes the handler stays out: JAX's preemption service (started by `jax.distributed`)
-  catches the signal and `reached_preemption(step)` makes every process save at the same step; a flag per
+  With several processes the handlers stay out: JAX's preemption service (started by `jax.distributed`)
+  catches SIGTERM and `reached_preemption(step)` makes every process save at the same step; a flag per
   process could stop the hosts at different steps, one saving while another waits in a train step.
   """
 
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self._previous = {}
 
   def __enter__(self):
     if jax.process_count() > 1:
       return self
     try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
     except ValueError:  # not the main thread: preemption then comes only from the checkpoint manager
-      self._previous = None
+      self._previous = {}
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint and stopping")
+    del frame
+    name = signal.Signals(signum).name
+    if self.requested and signum == signal.SIGINT:
+      signal.signal(signal.SIGINT, signal.default_int_handler)
+      raise KeyboardInterrupt(f"second {name}: stopped without saving")
+    logging.warning("%s received: saving a checkpoint and stopping%s", name,
+                    " (Ctrl-C again stops at once, without saving)" if signum == signal.SIGINT else "")
     self.requested = True
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for s, previous in self._previous.items():
+      signal.signal(s, previous)
 
 
 class _Pending:
@@ -81,20 +91,26 @@ class _Pending:
     self.metrics, self.step, self.batch_shape, self.timed = metrics, step, batch_shape, timed
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, float]:
-  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the last logged metrics."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, force_unlock: bool = False,
+                       strict_resume: bool = False) -> dict[str, float]:
+  """Trains `config` in `workdir` (resuming from its newest checkpoint that restores); returns the last logged
+  metrics. The workdir is locked for the run (`force_unlock` breaks another run's lock); `strict_resume` makes
+  an unreadable newest checkpoint an error instead of a fallback to the previous one."""
   validate(config)
   workdir = storage.location(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  mesh = parallel.create_mesh(config.mesh)
-  rules = parallel.logical_rules(config.mesh)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    return _train(config, workdir, mesh, rules)
+  with WorkdirLock(workdir, force=force_unlock, enabled=jax.process_index() == 0):
+    mesh = parallel.create_mesh(config.mesh)
+    rules = parallel.logical_rules(config.mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      return _train(config, workdir, mesh, rules, strict_resume)
 
 
-def _train(config, workdir, mesh, rules) -> dict[str, float]:
+def _train(config, workdir, mesh, rules, strict_resume) -> dict[str, float]:
   trainer = build_trainer(config, mesh, rules)
   log_param_sharding(trainer)
+  if jax.process_index() == 0:
+    remove_unfinished_saves(workdir / "checkpoints")
   checkpoints = RunCheckpoints(workdir / "checkpoints", keep=config.train.keep_checkpoints)
   loader = build_train_loader(config, trainer.text_encoder.tokenizer, process_index=jax.process_index(),
                               process_count=jax.process_count())
@@ -106,24 +122,29 @@ def _train(config, workdir, mesh, rules) -> dict[str, float]:
       state = initialize_from(state, config.train.init_from, config)
     logging.info("new run in %s", workdir)
   else:
-    checkpoints.check_config(latest, config)
+    latest, state, rng = checkpoints.restore_newest(config, trainer.abstract_state(),
+                                                    strict=strict_resume or jax.process_count() > 1)
     if config.train.init_from:
       logging.info("resuming: train.init_from=%s applies to a new run only", config.train.init_from)
-    state, rng = checkpoints.restore(latest, trainer.abstract_state())
     if not checkpoints.restore_data(latest, loader):
       # Batches are a pure function of the step, so the loader can restart exactly where the run stopped.
       logging.warning("rebuilding the data loader at batch %d (other worker or process count)", int(state.step))
       loader = build_train_loader(config, trainer.text_encoder.tokenizer, process_index=jax.process_index(),
                                   process_count=jax.process_count(), start_step=int(state.step))
     logging.info("resumed from %s at step %d", checkpoints.directory / str(latest), latest)
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir, start_step=latest or 0)
+  aborted = False
   try:
     with _Preemption() as preemption:
       return _run(trainer, state, rng, loader, checkpoints, writer, preemption, workdir)
+  except KeyboardInterrupt:
+    aborted = True  # a second Ctrl-C: nothing that waits (for a save in flight, the TensorBoard writer's thread)
+    raise
   finally:
-    checkpoints.wait()
-    checkpoints.close()
-    writer.close()
+    if not aborted:
+      checkpoints.wait()
+      checkpoints.close()
+      writer.close()
 
 
 def _run(trainer, state, rng, loader, checkpoints, writer, preemption, workdir) -> dict[str, float]:

@@ -8,9 +8,11 @@ stores.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from typing import Any
+import sys
+from typing import Any, Iterator
 
 import jax
 import ml_collections
@@ -23,6 +25,36 @@ from pixelhdm_jax.models.pixelhdm import PixelHDM, abstract_params
 
 class CheckpointError(RuntimeError):
   """A checkpoint exists but cannot be used: the message names the path and what is wrong."""
+
+
+class UnreadableCheckpointError(CheckpointError):
+  """A checkpoint's files cannot be read (damaged or incomplete), as opposed to one that does not fit."""
+
+
+def short_reason(error: BaseException, limit: int = 300) -> str:
+  """`Type: first line of the message`, at most `limit` characters: the cause of a failed restore without the
+  TensorStore spec dumps that follow it."""
+  lines = str(error).strip().splitlines()
+  reason = f"{type(error).__name__}: {lines[0] if lines else ''}"
+  return reason if len(reason) <= limit else reason[:limit - 3] + "..."
+
+
+def _drop_closed_loop_callbacks(previous):
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+  return hook
+
+
+@contextlib.contextmanager
+def quiet_failed_restore() -> Iterator[None]:
+  """Around an Orbax restore: when one array fails to read, the reads still in flight finish into the restore's
+  closed asyncio loop, each printing an 'Event loop is closed' traceback (hundreds of lines that bury the real
+  error). Those alone are dropped, for the rest of the process once a restore failed (they arrive late)."""
+  previous = sys.unraisablehook
+  sys.unraisablehook = _drop_closed_loop_callbacks(previous)
+  yield
+  sys.unraisablehook = previous
 
 
 # Config fields renamed after checkpoints were written with the old name: old -> new (`sample.sampler` was the
@@ -68,7 +100,8 @@ def checkpoint_directory(path: str | os.PathLike) -> epath.Path:
 def load_for_inference(path: str | os.PathLike, *, use_ema: bool = True, step: int | None = None,
                        sharding: jax.sharding.Sharding | None = None) -> tuple[ml_collections.ConfigDict, Any, int]:
   """(config, network params, step) from a workdir or an exported checkpoint; EMA weights when present and
-  `use_ema`. Params are placed with `sharding` (default: replicated on the first local device)."""
+  `use_ema`. Params are placed with `sharding` (default: replicated on the first local device). When the
+  checkpoint cannot be read, the error names the newest earlier one that can."""
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
   def wanted(config, items):
@@ -107,29 +140,56 @@ def _shape_differences(saved: Any, current: Any) -> list[str]:
 
 
 def _read_network(path, step, wanted) -> tuple[ml_collections.ConfigDict, dict[str, Any], int]:
-  """Restores the network items that `wanted(saved config, items present)` maps to abstract trees."""
+  """(config, weights, step): the network items that `wanted(saved config, items present)` maps to abstract
+  trees, from checkpoint `step` (default: the newest)."""
   directory = checkpoint_directory(path)
   handlers = {"model": ocp.StandardCheckpointHandler(), "ema": ocp.StandardCheckpointHandler(),
               "config": ocp.JsonCheckpointHandler()}
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
                                   item_handlers=handlers)
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise CheckpointError(f"{directory} holds no complete checkpoint")
+  try:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"{directory} holds no complete checkpoint")
+    try:
+      config, weights = _restore_network(manager, directory, step, wanted)
+    except UnreadableCheckpointError as error:
+      earlier = _newest_loadable(manager, directory, [s for s in manager.all_steps() if s < step], wanted)
+      raise UnreadableCheckpointError(f"{error}. The newest earlier checkpoint that loads: "
+                                      + (f"step {earlier} (--step={earlier})" if earlier is not None else "none")
+                                      ) from error
+  finally:
+    manager.close()
+  return config, weights, step
+
+
+def _restore_network(manager: ocp.CheckpointManager, directory: epath.Path, step: int, wanted
+                     ) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+  """(config, weights) of checkpoint `step`, or `UnreadableCheckpointError` naming it."""
   items = [item for item in ("model", "ema") if (directory / str(step) / item).is_dir()]
   try:
     config = config_from_json(manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
     abstract = wanted(config, items)
-    weights = manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(tree)
-                                                               for item, tree in abstract.items()}))
+    with quiet_failed_restore():
+      weights = manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(tree)
+                                                                 for item, tree in abstract.items()}))
   except CheckpointError:
     raise
   except Exception as error:  # re-raised with the path
-    raise CheckpointError(f"cannot load the network weights ({', '.join(items)}) of checkpoint "
-                          f"{directory / str(step)}: {type(error).__name__}: {error}") from error
-  finally:
-    manager.close()
-  return config, {item: weights[item] for item in abstract}, step
+    raise UnreadableCheckpointError(f"cannot load the network weights ({', '.join(items)}) of checkpoint "
+                                    f"{directory / str(step)}: {short_reason(error)}") from error
+  return config, {item: weights[item] for item in abstract}
+
+
+def _newest_loadable(manager, directory, steps, wanted) -> int | None:
+  """The newest of `steps` whose network weights load (a full load: a damaged array shows only when read)."""
+  for step in sorted(steps, reverse=True):
+    try:
+      _restore_network(manager, directory, step, wanted)
+    except UnreadableCheckpointError:
+      continue
+    return step
+  return None
 
 
 def save_for_inference(directory: str | os.PathLike, config: ml_collections.ConfigDict, params: Any,

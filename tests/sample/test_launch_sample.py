@@ -2,12 +2,13 @@
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
 from PIL import Image
 
-from tests.helpers import tiny_inference_checkpoint
+from tests.helpers import damage_arrays, tiny_inference_checkpoint
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -39,3 +40,16 @@ def test_no_prompt_is_a_usage_error(tmp_path):
   result = _run(f"--workdir={tmp_path}", f"--output={tmp_path / 'out'}")
   assert result.returncode != 0
   assert "give at least one --prompt or a --prompt_file" in result.stderr
+
+
+def test_an_unreadable_checkpoint_names_the_newest_earlier_one_that_loads(tmp_path):
+  checkpoints = tmp_path / "checkpoints"
+  for step in (3, 6):
+    tiny_inference_checkpoint(checkpoints, step=step)
+  damage_arrays(checkpoints / "6")
+  result = _run(f"--workdir={checkpoints}", "--prompt=a red circle", f"--output={tmp_path / 'out'}")
+  assert result.returncode != 0
+  message = (r"cannot load the network weights \(model\) of checkpoint .*/checkpoints/6: ValueError: .{20,300}\. "
+             r"The newest earlier checkpoint that loads: step 3 \(--step=3\)")
+  assert re.search(message, result.stderr), result.stderr[-3000:]
+  assert "Traceback" not in result.stderr

@@ -1,8 +1,11 @@
-"""The tiny preset end to end: it learns, resumes bit for bit, survives SIGTERM, fails loudly on bad checkpoints."""
+"""The tiny preset end to end: it learns, resumes bit for bit, saves on Ctrl-C and SIGTERM, sets an unreadable
+newest checkpoint aside and resumes from the previous one, fails loudly on checkpoints it cannot use."""
 
 import json
 import os
 import pathlib
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,9 +15,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from pixelhdm_jax.train.checkpoint import RunCheckpoints, remove_unfinished_saves
 from pixelhdm_jax.train.loop import train_and_evaluate
 from pixelhdm_jax.weights.inference import CheckpointError
-from tests.helpers import tiny_run_config
+from tests.helpers import damage_arrays, tiny_run_config
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -107,16 +111,57 @@ def test_compile_time_and_count_are_logged(straight_and_resumed):
     assert all(line["compile_s"] > 0 for line in compiles)
 
 
-def test_corrupt_checkpoint_is_a_loud_error(straight_and_resumed, tmp_path):
-  import shutil
+def _train_command(workdir, *flags):
+  return [sys.executable, str(REPO / "launch" / "train.py"), "--config=configs/base.py:tiny", f"--workdir={workdir}",
+          "--config.data.max_resolution=32", "--config.train.sample_prompts=()", *flags]
+
+
+@pytest.fixture
+def broken_newest(straight_and_resumed, tmp_path):
+  """A copy of the resumed run (checkpoints 3 and 6) whose checkpoint 6 has every array file cut in half."""
   _, resumed = straight_and_resumed
   broken = tmp_path / "broken"
   shutil.copytree(resumed, broken)
-  for path in (broken / "checkpoints" / "6" / "model").rglob("*"):
-    if path.is_file():  # damage every file of the network's weights
-      path.write_bytes(b"garbage")
-  with pytest.raises(CheckpointError, match=r"cannot restore .* from checkpoint .*broken/checkpoints/6"):
-    train_and_evaluate(tiny_run_config(num_steps=8), broken)
+  damage_arrays(broken / "checkpoints" / "6")
+  return broken
+
+
+def test_unreadable_newest_checkpoint_is_set_aside_and_the_previous_resumed(straight_and_resumed, broken_newest,
+                                                                           caplog):
+  """Also: an interrupted save's temporary directory is removed, and metrics.jsonl keeps one row per step (the
+  rows 4-6 of the first run, logged after checkpoint 3, are dropped before the resumed run logs them again)."""
+  straight, _ = straight_and_resumed
+  checkpoints = broken_newest / "checkpoints"
+  (checkpoints / "9.orbax-checkpoint-tmp-1764460000").mkdir()
+  train_and_evaluate(tiny_run_config(num_steps=6), broken_newest)
+  warnings = [r.getMessage() for r in caplog.records if "renamed it" in r.getMessage()]
+  assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+  assert re.fullmatch(r"cannot restore model, ema, train_state from checkpoint .*/broken/checkpoints/6: "
+                      r"ValueError: .{20,300}; renamed it 6.corrupt and resuming from step 3", warnings[0])
+  assert "9.orbax-checkpoint-tmp-1764460000, the unfinished save of an interrupted run" in caplog.text
+  assert sorted(p.name for p in checkpoints.iterdir()) == ["3", "6", "6.corrupt"]
+  losses = [(m["step"], m["loss"]) for m in _metrics(broken_newest)]
+  assert losses == [(m["step"], m["loss"]) for m in _metrics(straight)]  # resumed from 3 exactly
+  assert not (broken_newest / "run.lock").exists()
+
+
+def test_strict_resume_stops_on_an_unreadable_newest_checkpoint(broken_newest):
+  done = subprocess.run(_train_command(broken_newest, "--config.train.num_steps=6", "--strict_resume"), cwd=REPO,
+                        capture_output=True, text=True, timeout=240, check=False)
+  assert done.returncode == 2, done.stderr[-3000:]
+  errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+  assert re.fullmatch(r"error: cannot restore .* from checkpoint .*/broken/checkpoints/6: .{20,300}\. Move "
+                      r".*/broken/checkpoints/6 away to resume from step 3", errors[0]), errors[0]
+  assert (broken_newest / "checkpoints" / "6").is_dir() and not (broken_newest / "run.lock").exists()
+
+
+def test_set_aside_checkpoints_alone_are_a_loud_error(tmp_path):
+  (tmp_path / "checkpoints" / "4.corrupt").mkdir(parents=True)
+  checkpoints = RunCheckpoints(tmp_path / "checkpoints", keep=3)
+  with pytest.raises(CheckpointError, match=r"holds \['4.corrupt'\] but no complete checkpoint"):
+    checkpoints.latest_step()
+  checkpoints.close()
 
 
 def test_checkpoint_of_another_model_is_a_loud_error(straight_and_resumed):
@@ -128,10 +173,13 @@ def test_checkpoint_of_another_model_is_a_loud_error(straight_and_resumed):
     train_and_evaluate(config, straight)
 
 
-def test_unfinished_checkpoints_only_are_a_loud_error(tmp_path):
-  (tmp_path / "checkpoints" / "5.orbax-checkpoint-tmp-123").mkdir(parents=True)
-  with pytest.raises(CheckpointError, match="no complete checkpoint"):
-    train_and_evaluate(tiny_run_config(num_steps=2), tmp_path)
+def test_unfinished_saves_are_removed_with_a_warning(tmp_path, caplog):
+  checkpoints = tmp_path / "checkpoints"
+  (checkpoints / "5.orbax-checkpoint-tmp-123" / "model").mkdir(parents=True)
+  (checkpoints / "3" / "model").mkdir(parents=True)
+  remove_unfinished_saves(checkpoints)
+  assert [p.name for p in checkpoints.iterdir()] == ["3"]
+  assert "5.orbax-checkpoint-tmp-123, the unfinished save of an interrupted run" in caplog.text
 
 
 def test_tiny_preset_learns(tmp_path):
@@ -142,28 +190,48 @@ def test_tiny_preset_learns(tmp_path):
   assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3]), losses
 
 
-def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
+def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path):
+  """Ctrl-C (SIGINT to every process of the job, Grain's worker too) saves at the next step boundary and exits
+  0, as SIGTERM does (same flag, see below); the resumed run continues with one metrics row per step."""
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  command = [sys.executable, str(REPO / "launch" / "train.py"), "--config=configs/base.py:tiny",
-             f"--workdir={tmp_path}", "--config.data.max_resolution=32", "--config.train.num_steps=100000",
-             "--config.train.checkpoint_every=100000", "--config.train.log_every=1", "--config.train.sample_prompts=()"]
-  process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  command = _train_command(tmp_path, "--config.train.num_steps=100000", "--config.train.checkpoint_every=100000",
+                           "--config.train.log_every=1", "--config.data.num_workers=1")
+  process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True)  # its own process group, as a terminal's job
   metrics = tmp_path / "metrics.jsonl"
   deadline = time.time() + 240
   while time.time() < deadline and not (metrics.exists() and metrics.read_text().count('"loss"') >= 3):
     assert process.poll() is None, process.stdout.read().decode()[-3000:]
     time.sleep(0.5)
-  process.send_signal(signal.SIGTERM)
+  os.killpg(process.pid, signal.SIGINT)
   output = process.communicate(timeout=240)[0].decode()
   assert process.returncode == 0, output[-3000:]
+  assert "SIGINT received: saving a checkpoint and stopping (Ctrl-C again stops at once" in output
+  assert "Traceback" not in output and not (tmp_path / "run.lock").exists(), output[-3000:]
   saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
   assert len(saved) == 1 and saved[0] >= 3, output[-3000:]
   train_and_evaluate(tiny_run_config(num_steps=saved[0] + 2), tmp_path)
-  assert max(m["step"] for m in _metrics(tmp_path)) == saved[0] + 2
+  assert [m["step"] for m in _metrics(tmp_path)] == list(range(1, saved[0] + 3))
+
+
+def test_sigterm_and_a_first_sigint_ask_for_a_save_a_second_sigint_aborts():
+  from pixelhdm_jax.train import loop
+  before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+  with loop._Preemption() as preemption:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.1)  # the handler runs in the main thread at the next bytecode boundary
+    assert preemption.requested
+  with loop._Preemption() as preemption:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.1)
+    assert preemption.requested
+    with pytest.raises(KeyboardInterrupt, match="second SIGINT: stopped without saving"):
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(0.1)
+  assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
 def test_resume_on_a_different_mesh(straight_and_resumed, tmp_path):
-  import shutil
   straight, _ = straight_and_resumed
   workdir = tmp_path / "remeshed"
   shutil.copytree(straight, workdir)
@@ -236,7 +304,6 @@ def test_metrics_are_read_in_full_only_on_logged_steps():
 
 
 def test_resume_with_another_kernel_and_remat_policy_is_allowed(straight_and_resumed):
-  from pixelhdm_jax.train.checkpoint import RunCheckpoints
   straight, _ = straight_and_resumed
   config = tiny_run_config(num_steps=6)
   config.model.update(attention="xla", remat_policy="full", compute_dtype="float32")
