@@ -149,9 +149,9 @@ def test_strict_resume_stops_on_an_unreadable_newest_checkpoint(broken_newest):
   done = subprocess.run(_train_command(broken_newest, "--config.train.num_steps=6", "--strict_resume"), cwd=REPO,
                         capture_output=True, text=True, timeout=240, check=False)
   assert done.returncode == 2, done.stderr[-3000:]
-  errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+  errors = [line for line in done.stderr.splitlines() if line.startswith("train.py: error:")]
   assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
-  assert re.fullmatch(r"error: cannot restore .* from checkpoint .*/broken/checkpoints/6: .{20,300}\. Move "
+  assert re.fullmatch(r"train.py: error: cannot restore .* from checkpoint .*/broken/checkpoints/6: .{20,300}\. Move "
                       r".*/broken/checkpoints/6 away to resume from step 3", errors[0]), errors[0]
   assert (broken_newest / "checkpoints" / "6").is_dir() and not (broken_newest / "run.lock").exists()
 

@@ -34,7 +34,7 @@ def test_a_second_run_into_a_held_workdir_stops_at_once(tmp_path):
     assert json.loads((tmp_path / LOCK_NAME).read_text()) == lock.owner  # left alone
   assert done.returncode == 2, done.stderr[-3000:]
   assert done.stderr.splitlines()[-1] == (
-      f"error: workdir {tmp_path} is in use by pid {os.getpid()} on host {socket.gethostname()} (started "
+      f"train.py: error: workdir {tmp_path} is in use by pid {os.getpid()} on host {socket.gethostname()} (started "
       f"{lock.owner['started']}): wait for that run to end or use another --workdir; if that run is gone (e.g. its "
       "machine was lost), break the lock with --force_unlock")
   assert "Traceback" not in done.stderr
