@@ -12,7 +12,9 @@ def test_defaults():
   config = config_lib.validate(base.get_config("tiny"))
   assert (config.sample.solver, config.sample.num_steps, config.sample.guidance_scale) == ("heun", 50, 4.0)
   assert guidance.Guidance.from_config(config.sample) == guidance.Guidance(scale=4.0)
-  assert solvers.shift_for(config.sample, 512, 512) == 2.0
+  assert solvers.shift_for(config.sample, 512, 512) == 1.0  # the original's uniform grid
+  config.sample.update(time_shift_mode="resolution")
+  assert solvers.shift_for(config.sample, 512, 512) == 2.0 and solvers.shift_for(config.sample, 128, 128) == 0.5
   config.sample.update(time_shift_mode="fixed", time_shift=3.0)
   assert solvers.shift_for(config.sample, 512, 512) == 3.0
   assert (config.flow.time_shift_mode, config.flow.time_shift) == ("fixed", 1.0)  # training: no shift
