@@ -3,6 +3,7 @@
 import json
 import time
 
+import jax
 import pytest
 from absl import flags
 
@@ -76,6 +77,15 @@ def test_a_fake_step_of_known_duration():
   assert rates.images_per_s == 16.0 and rates.tflops_per_device == 2.0
   assert rates.mfu == pytest.approx(2 / 989, rel=1e-9)
   assert flops.throughput(2e12, 0.5, 8, "cpu", 1).mfu is None  # no peak to compare with
+
+
+def test_profile_writes_a_trace_of_the_timed_steps(tmp_path):
+  """`launch/bench.py --profile=DIR`: one JAX profiler trace (TensorBoard's profile plugin reads `*.xplane.pb`)."""
+  step = jax.jit(lambda x: (x @ x).sum())
+  x = jax.numpy.ones((64, 64))
+  times = bench.time_steps(lambda: step(x).block_until_ready(), steps=2, warmup=1, profile=str(tmp_path / "p"))
+  traces = list((tmp_path / "p").rglob("*.xplane.pb"))
+  assert len(times) == 2 and len(traces) == 1 and traces[0].stat().st_size > 0
 
 
 def test_bad_requests_are_clear_errors():
