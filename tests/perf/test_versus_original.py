@@ -1,0 +1,44 @@
+"""`launch/bench_vs_original.py`: alternating timing, the JAX side on the tiny preset, the original's checkout."""
+
+import os
+
+import pytest
+
+from configs import base
+from pixelhdm_jax.errors import ConfigError
+from pixelhdm_jax.perf import versus_original
+
+ORIGINAL = os.environ.get("PIXELHDM_ORIGINAL")  # a checkout of the original repository, when there is one
+
+
+def test_the_codes_run_in_turn_and_each_number_is_a_median():
+  order = []
+  calls = {code: {"step": (lambda code=code: order.append(code))} for code in ("ours", "original")}
+  medians = versus_original.alternate(calls, repeats=3, warmup=1)
+  assert order == ["ours", "original"] * 4  # a warm-up round, then three timed ones, alternating
+  assert set(medians) == {"ours", "original"} and all(m["step"] >= 0 for m in medians.values())
+
+
+def test_our_network_step_runs_on_the_shared_inputs():
+  config = versus_original.comparable(base.get_config("tiny"))
+  inputs = versus_original.random_inputs(config, batch=1, height=32, width=32, text_len=4)
+  calls = versus_original.ours(config, inputs)
+  calls["forward"]()
+  calls["train_step"]()
+  calls["train_step"]()  # the donated state is replaced by the step's output
+
+
+def test_a_folder_that_is_not_the_original_is_named(tmp_path):
+  pytest.importorskip("torch")
+  with pytest.raises(ConfigError, match=r"is not a checkout of the original PixelHDM .* --original=PATH"):
+    versus_original.original(str(tmp_path), base.get_config("tiny"), {})
+
+
+@pytest.mark.skipif(not ORIGINAL, reason="PIXELHDM_ORIGINAL names no checkout of the original repository")
+def test_both_codes_on_the_tiny_preset():
+  pytest.importorskip("torch")
+  config = versus_original.comparable(base.get_config("tiny"))
+  inputs = versus_original.random_inputs(config, batch=1, height=32, width=32, text_len=4)
+  medians = versus_original.alternate({"original": versus_original.original(ORIGINAL, config, inputs),
+                                       "ours": versus_original.ours(config, inputs)}, repeats=1)
+  assert set(medians["original"]) == set(medians["ours"]) == {"forward", "train_step"}
