@@ -50,8 +50,11 @@ def main(argv):
   config = _CONFIG.value
   size = config.data.max_resolution
   try:
-    report = aot.compile_train_step(config, aot.compile_target(_TOPOLOGY.value, _NUM_SLICES.value),
-                                    height=_HEIGHT.value or size, width=_WIDTH.value or size,
+    target = aot.compile_target(_TOPOLOGY.value, _NUM_SLICES.value)
+  except aot.CompileError as error:  # the command line names no target this host can describe
+    raise app.UsageError(str(error)) from error
+  try:
+    report = aot.compile_train_step(config, target, height=_HEIGHT.value or size, width=_WIDTH.value or size,
                                     batch_size=_BATCH_SIZE.value or config.train.batch_size)
   except aot.CompileError as error:
     sys.exit(f"launch/compile.py: {error}")

@@ -65,6 +65,7 @@ MISTAKES = [
     ("bench_data", ["--config.data.sorce=folder"], "did you mean --config.data.source?"),
     ("bench_quality", ["colours", "--output={new}"], "name one benchmark: shapes or memorize"),
     ("compile", ["--config.trian.batch_size=8"], "did you mean --config.train.batch_size?"),
+    ("compile", ["--topology=v7-x"], "unknown TPU topology 'v7-x'"),
     ("gpu_bench", ["--dry_run", "extra"], "unexpected arguments: extra"),
 ]
 
