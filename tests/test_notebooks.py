@@ -4,6 +4,7 @@ import importlib.util
 import pathlib
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -49,6 +50,7 @@ def test_notebooks_match_their_generator():
         f"colab/{name} differs from colab/make_notebooks.py: run python colab/make_notebooks.py")
 
 
+@pytest.mark.slow  # ~55 s: the notebook's train, sample and export are each tested on their own in the default run
 def test_train_then_sample_and_export(tmp_path):
   workdir, export = tmp_path / "run", tmp_path / "export"
   trained = _run(_with_parameters("train.ipynb", REPO_DIR=str(REPO), WORKDIR=str(workdir), NUM_STEPS=2,
