@@ -53,6 +53,7 @@ def _write_photos(folder: pathlib.Path) -> None:
     (folder / f"{i}.txt").write_text(f"photo {i}")
 
 
+@pytest.mark.slow  # ~95 s: CI's default run stays under its 20 minutes; run it with -m slow
 def test_gs_paths_train_resume_sample_export_and_prepare(gcs_emulator, tmp_path):
   gcs = gcs_emulator
   env = {**os.environ, **gcs.env}

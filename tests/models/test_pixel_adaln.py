@@ -59,6 +59,7 @@ def test_post_modulation_has_no_gates_and_starts_as_plain_residuals():
   assert not np.any(flax.core.meta.unbox(init)["adaln"]["param_gen"]["bias"])
 
 
+@pytest.mark.slow  # ~20 s: the option's whole network; the default (pre) is covered in test_model.py
 def test_post_modulation_trains_every_parameter_and_scan_equals_unrolled():
   """As tests/models/test_model.py checks the pre-modulated (default) network."""
   config = base.get_config("tiny")
