@@ -78,6 +78,9 @@ def _text(preset: str) -> ml_collections.ConfigDict:
   t.allow_download = False
   t.hidden_layer = -1  # HF hidden_states index: -1 = last_hidden_state (after the final norm), -2 = Z-Image's
   t.compute_dtype = "auto"
+  # True: train on the caption encodings stored beside the prepared folder (launch/encode_text.py with the same
+  # config) instead of running Qwen3 in the step; sample grids and evaluations still encode their prompts live.
+  t.cache = False
   return t
 
 

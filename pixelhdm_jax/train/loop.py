@@ -26,6 +26,8 @@ from tqdm import tqdm
 from pixelhdm_jax import parallel, storage
 from pixelhdm_jax.config import validate
 from pixelhdm_jax.data.pipeline import build_train_loader
+from pixelhdm_jax.data.sources import build_source
+from pixelhdm_jax.encoders.caption_cache import cache_settings
 from pixelhdm_jax.losses import repa_active
 from pixelhdm_jax.perf import flops
 from pixelhdm_jax.train.checkpoint import RunCheckpoints, remove_unfinished_saves
@@ -112,8 +114,7 @@ def _train(config, workdir, mesh, rules, strict_resume) -> dict[str, float]:
   if jax.process_index() == 0:
     remove_unfinished_saves(workdir / "checkpoints")
   checkpoints = RunCheckpoints(workdir / "checkpoints", keep=config.train.keep_checkpoints)
-  loader = build_train_loader(config, trainer.text_encoder.tokenizer, process_index=jax.process_index(),
-                              process_count=jax.process_count())
+  loader = _loader(trainer)
   latest = checkpoints.latest_step()
   if latest is None:
     init_rng, rng = jax.random.split(jax.random.key(config.seed))
@@ -129,8 +130,7 @@ def _train(config, workdir, mesh, rules, strict_resume) -> dict[str, float]:
     if not checkpoints.restore_data(latest, loader):
       # Batches are a pure function of the step, so the loader can restart exactly where the run stopped.
       logging.warning("rebuilding the data loader at batch %d (other worker or process count)", int(state.step))
-      loader = build_train_loader(config, trainer.text_encoder.tokenizer, process_index=jax.process_index(),
-                                  process_count=jax.process_count(), start_step=int(state.step))
+      loader = _loader(trainer, start_step=int(state.step))
     logging.info("resumed from %s at step %d", checkpoints.directory / str(latest), latest)
   writer = MetricWriter(workdir, start_step=latest or 0)
   aborted = False
@@ -145,6 +145,19 @@ def _train(config, workdir, mesh, rules, strict_resume) -> dict[str, float]:
       checkpoints.wait()
       checkpoints.close()
       writer.close()
+
+
+def _loader(trainer, start_step: int = 0):
+  """This process's batch iterator: tokenised captions, or with `text.cache=True` their cached encodings (a cache
+  made with other settings is a ConfigError naming the one that differs)."""
+  config = trainer.config
+  tokenizer, settings = None, None
+  if trainer.text_encoder is None:
+    settings = cache_settings(config, build_source(config.data))
+  else:
+    tokenizer = trainer.text_encoder.tokenizer
+  return build_train_loader(config, tokenizer, process_index=jax.process_index(), process_count=jax.process_count(),
+                            start_step=start_step, text_cache_settings=settings)
 
 
 def _run(trainer, state, rng, loader, checkpoints, writer, preemption, workdir) -> dict[str, float]:
