@@ -32,7 +32,7 @@ from pixelhdm_jax.train.state import (
   replicated,
   state_shardings,
 )
-from pixelhdm_jax.train.step import batch_keys, jit_train_step
+from pixelhdm_jax.train.step import TEACHER_FEATURES, batch_keys, jit_train_step
 
 
 class Trainer(NamedTuple):
@@ -69,7 +69,7 @@ class Trainer(NamedTuple):
 
   def global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """This process's slice of a batch (host arrays) -> the train step's global sharded batch."""
-    keys = batch_keys(self.text_encoder is None)
+    keys = batch_keys(self.text_encoder is None) + ((TEACHER_FEATURES,) if TEACHER_FEATURES in local_batch else ())
     return parallel.global_batch({key: local_batch[key] for key in keys}, self.mesh, self.rules)
 
   def prompt_encoder(self) -> tuple[TextEncoder, Any]:

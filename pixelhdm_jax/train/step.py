@@ -31,6 +31,7 @@ from pixelhdm_jax.train.state import Networks, TrainState
 
 BATCH_KEYS = ("images", "token_ids", "token_mask")
 CACHED_TEXT_KEYS = ("images", "text_hidden", "text_mask", "text_pooled")  # text.cache=True: no Qwen3 in the step
+TEACHER_FEATURES = "teacher_features"  # cached DINOv3 patch features (B, L, C): the REPA step then runs no DINOv3
 
 
 def batch_keys(text_cached: bool) -> tuple[str, ...]:
@@ -50,7 +51,7 @@ def train_step(state: TrainState, frozen: dict[str, Any], batch: dict[str, jax.A
                config: ml_collections.ConfigDict, networks: Networks, text_encoder: TextEncoder | None,
                teacher: DinoTeacher | None) -> tuple[TrainState, dict]:
   """One micro-step; `teacher` None means REPA is off, `text_encoder` None that the batch holds cached encodings
-  (`CACHED_TEXT_KEYS`). Pure: every input is an argument."""
+  (`CACHED_TEXT_KEYS`); a batch with `TEACHER_FEATURES` brings the REPA targets. Pure: every input is an argument."""
   model, projector, optimizer = networks
   x_clean = images_to_model_range(batch["images"])
   batch_size, height, width, _ = x_clean.shape
@@ -60,7 +61,9 @@ def train_step(state: TrainState, frozen: dict[str, Any], batch: dict[str, jax.A
   else:
     text = jax.lax.stop_gradient(text_encoder.encode(frozen["text"], batch["token_ids"], batch["token_mask"]))
   target_features = None
-  if teacher is not None:
+  if teacher is not None and TEACHER_FEATURES in batch:
+    target_features = batch[TEACHER_FEATURES]
+  elif teacher is not None:
     target_features = jax.lax.stop_gradient(teacher.features(frozen["dino"], x_clean))
 
   time_rng, noise_rng = jax.random.split(jax.random.fold_in(rng, state.step))
@@ -103,8 +106,7 @@ def jit_train_step(config: ml_collections.ConfigDict, networks: Networks, text_e
                    batch_sharding: Any, rng_sharding: Any):
   """`jax.jit` of the step with explicit shardings and the state (only) donated; `.lower(...)` compiles a
   bucket. `teacher` None is the program without REPA, which leaves `frozen["dino"]` (if any) unread;
-  `text_encoder` None the program on cached text encodings."""
+  `text_encoder` None the program on cached text encodings. Every batch array is split along its first axis."""
   step = functools.partial(train_step, config=config, networks=networks, text_encoder=text_encoder, teacher=teacher)
-  batch_shardings = {key: batch_sharding for key in batch_keys(text_encoder is None)}
-  return jax.jit(step, in_shardings=(state_shardings, frozen_shardings, batch_shardings, rng_sharding),
+  return jax.jit(step, in_shardings=(state_shardings, frozen_shardings, batch_sharding, rng_sharding),
                  out_shardings=(state_shardings, rng_sharding), donate_argnums=0)
