@@ -13,6 +13,8 @@ Batch (a dict of numpy arrays, B_local = train.batch_size // process_count):
   (with a text cache, `text.cache=True`, instead of the tokens: `text_hidden` (B_local, T, D), `text_mask`
   (B_local, T) and `text_pooled` (B_local, D) in the compute dtype, the empty prompt's for a dropped caption;
   `text_cache.TextCache.batch`)
+  teacher_features  (B_local, L, C)   with a teacher cache (`dino.cache=True`): the DINOv3 patch features of the
+                                      images, the REPA targets (`teacher_cache.TeacherCache.batch`)
   bucket_id   int32 (B_local,)          the same value on every row
   index       int32 (B_local,)          dataset index of every row
 
@@ -36,7 +38,10 @@ from pixelhdm_jax.data import images as image_ops
 from pixelhdm_jax.data.buckets import NO_BUCKET, AspectRatioBucket, buckets_from_config
 from pixelhdm_jax.data.order import BatchSchedule
 from pixelhdm_jax.data.sources import ImageTextSource, build_source
-from pixelhdm_jax.data.text_cache import REBUILD, TextCache
+from pixelhdm_jax.data.teacher_cache import REBUILD as TEACHER_REBUILD
+from pixelhdm_jax.data.teacher_cache import TeacherCache
+from pixelhdm_jax.data.text_cache import REBUILD as TEXT_REBUILD
+from pixelhdm_jax.data.text_cache import TextCache
 from pixelhdm_jax.errors import ConfigError
 
 _AUGMENT_STREAM = 1  # keeps per-sample randomness apart from the schedule's stream
@@ -44,18 +49,22 @@ _AUGMENT_STREAM = 1  # keeps per-sample randomness apart from the schedule's str
 
 class LoadBatch(grain.transforms.Map):
   """Grain transform: global step -> this process's preprocessed slice of that batch, its captions tokenised by
-  `tokenizer` or, given a `text_cache`, replaced by their stored encodings."""
+  `tokenizer` or, given a `text_cache`, replaced by their stored encodings; with a `teacher_cache` (centre crops,
+  no flips only) the images' stored DINOv3 features too."""
 
   def __init__(self, source: ImageTextSource, schedule: BatchSchedule, buckets: AspectRatioBucket, tokenizer, *,
                seed: int, caption_dropout: float, random_crop: bool, random_flip: bool, process_index: int,
-               process_count: int, text_cache: TextCache | None = None):
+               process_count: int, text_cache: TextCache | None = None, teacher_cache: TeacherCache | None = None):
     if schedule.batch_size % process_count:
       raise ValueError(f"train.batch_size={schedule.batch_size} is not divisible by the {process_count} "
                        "processes: every process loads an equal slice of each global batch")
     if not 0 <= process_index < process_count:
       raise ValueError(f"process_index={process_index} is not in [0, process_count={process_count})")
     self.source, self.schedule, self.buckets, self.tokenizer = source, schedule, buckets, tokenizer
-    self.text_cache = text_cache
+    self.text_cache, self.teacher_cache = text_cache, teacher_cache
+    if teacher_cache is not None and (random_crop or random_flip):
+      raise ValueError("stored teacher features are of centre crops without flips: data.random_crop and "
+                       "data.random_flip need the live teacher")
     self.seed, self.caption_dropout = seed, caption_dropout
     self.random_crop, self.random_flip = random_crop, random_flip
     self.local_batch_size = schedule.batch_size // process_count
@@ -82,6 +91,8 @@ class LoadBatch(grain.transforms.Map):
     else:
       token_ids, token_mask = self.tokenizer(captions)
       text = {"token_ids": np.asarray(token_ids, np.int32), "token_mask": np.asarray(token_mask, bool)}
+    if self.teacher_cache is not None:
+      text.update(self.teacher_cache.batch(np.asarray(used)))
     return {"images": images, **text, "bucket_id": np.full((self.local_batch_size,), batch.bucket, np.int32),
             "index": np.asarray(used, np.int32)}
 
@@ -120,7 +131,8 @@ def training_bucket_ids(source: ImageTextSource, buckets: AspectRatioBucket,
 
 def build_train_dataset(config, tokenizer, *, process_index: int = 0, process_count: int = 1, start_step: int = 0,
                         source: ImageTextSource | None = None,
-                        text_cache_settings: dict | None = None) -> grain.IterDataset:
+                        text_cache_settings: dict | None = None,
+                        teacher_cache_settings: dict | None = None) -> grain.IterDataset:
   """The Grain dataset of host-local training batches, from batch `start_step` on (endless).
 
   Args:
@@ -131,17 +143,18 @@ def build_train_dataset(config, tokenizer, *, process_index: int = 0, process_co
     start_step: first global batch to produce (resume without Grain state).
     source: overrides the source named by `config.data` (tests, custom data).
     text_cache_settings: read the caption encodings stored beside the prepared folder for these settings
-      (`encoders.encode_captions.cache_settings`) instead of tokenising; ConfigError when none match.
+      (`encoders/caption_cache.py`) instead of tokenising; ConfigError when none match.
+    teacher_cache_settings: add the DINOv3 features stored for these settings (`encoders/teacher_features.py`).
   """
   d = config.data
   buckets = buckets_from_config(config)
   source = build_source(d) if source is None else source
-  text_cache = None
+  text_cache = teacher = None
   if text_cache_settings is not None:
-    text_cache = TextCache(source.path, d.split, text_cache_settings, config.text.max_length)
-    if len(text_cache) != len(source):
-      raise ConfigError(f"the text cache {text_cache.directory} holds {len(text_cache)} records but split {d.split!r} "
-                        f"has {len(source)}: rebuild it with {REBUILD}")
+    text_cache = _checked(TextCache(source.path, d.split, text_cache_settings, config.text.max_length), source,
+                          TEXT_REBUILD)
+  if teacher_cache_settings is not None:
+    teacher = _checked(TeacherCache(source.path, d.split, teacher_cache_settings), source, TEACHER_REBUILD)
   bucket_ids, moved = training_bucket_ids(source, buckets, d.allow_upscale)
   schedule = BatchSchedule(bucket_ids, config.train.batch_size, d.order, config.seed, d.chunk_size)
   logging.info("data: %d images, %d used in %d of %d buckets (%d skipped as too small for every bucket, %d moved to "
@@ -151,7 +164,7 @@ def build_train_dataset(config, tokenizer, *, process_index: int = 0, process_co
                schedule.batches_per_epoch, schedule.batch_size, schedule.images_per_epoch, schedule.repeats_per_epoch)
   load = LoadBatch(source, schedule, buckets, tokenizer, seed=config.seed, caption_dropout=d.caption_dropout,
                    random_crop=d.random_crop, random_flip=d.random_flip, process_index=process_index,
-                   process_count=process_count, text_cache=text_cache)
+                   process_count=process_count, text_cache=text_cache, teacher_cache=teacher)
   dataset = grain.MapDataset.range(start_step, sys.maxsize).map(load)
   dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=d.num_threads, prefetch_buffer_size=d.prefetch))
   if d.num_workers > 0:
@@ -159,6 +172,14 @@ def build_train_dataset(config, tokenizer, *, process_index: int = 0, process_co
                                                                per_worker_buffer_size=d.prefetch),
                                   worker_init_fn=_ignore_interrupts)
   return dataset
+
+
+def _checked(cache, source: ImageTextSource, rebuild: str):
+  """`cache`, unless it holds another number of records than `source` (ConfigError naming the rebuild)."""
+  if len(cache) != len(source):
+    raise ConfigError(f"the cache {cache.directory} holds {len(cache)} records but split {cache.split!r} has "
+                      f"{len(source)}: rebuild it with {rebuild}")
+  return cache
 
 
 def _ignore_interrupts(worker_index: int, worker_count: int) -> None:
@@ -170,7 +191,9 @@ def _ignore_interrupts(worker_index: int, worker_count: int) -> None:
 
 def build_train_loader(config, tokenizer, *, process_index: int = 0, process_count: int = 1, start_step: int = 0,
                        source: ImageTextSource | None = None,
-                       text_cache_settings: dict | None = None) -> grain.DatasetIterator:
+                       text_cache_settings: dict | None = None,
+                       teacher_cache_settings: dict | None = None) -> grain.DatasetIterator:
   """An iterator of host-local batches (see the module docstring); checkpoint it with Grain's Orbax handler."""
   return iter(build_train_dataset(config, tokenizer, process_index=process_index, process_count=process_count,
-                                  start_step=start_step, source=source, text_cache_settings=text_cache_settings))
+                                  start_step=start_step, source=source, text_cache_settings=text_cache_settings,
+                                  teacher_cache_settings=teacher_cache_settings))

@@ -27,7 +27,7 @@ from pixelhdm_jax import parallel, storage
 from pixelhdm_jax.config import validate
 from pixelhdm_jax.data.pipeline import build_train_loader
 from pixelhdm_jax.data.sources import build_source
-from pixelhdm_jax.encoders.caption_cache import cache_settings
+from pixelhdm_jax.encoders import caption_cache, teacher_features
 from pixelhdm_jax.losses import repa_active
 from pixelhdm_jax.perf import flops
 from pixelhdm_jax.train.checkpoint import RunCheckpoints, remove_unfinished_saves
@@ -148,16 +148,24 @@ def _train(config, workdir, mesh, rules, strict_resume) -> dict[str, float]:
 
 
 def _loader(trainer, start_step: int = 0):
-  """This process's batch iterator: tokenised captions, or with `text.cache=True` their cached encodings (a cache
-  made with other settings is a ConfigError naming the one that differs)."""
+  """This process's batch iterator: tokenised captions, or with `text.cache=True` their cached encodings; with
+  `dino.cache=True` (and REPA, centre crops, no flips) the images' cached DINOv3 features. A cache made with other
+  settings is a ConfigError naming the one that differs."""
   config = trainer.config
-  tokenizer, settings = None, None
+  tokenizer, text, teacher = None, None, None
   if trainer.text_encoder is None:
-    settings = cache_settings(config, build_source(config.data))
+    text = caption_cache.cache_settings(config, build_source(config.data))
   else:
     tokenizer = trainer.text_encoder.tokenizer
+  d = config.data
+  if config.dino.cache and trainer.has_teacher:
+    if d.random_crop or d.random_flip:
+      logging.info("dino.cache: data.random_crop=%s / random_flip=%s change the images every step, so the REPA "
+                   "targets come from the live teacher", d.random_crop, d.random_flip)
+    else:
+      teacher = teacher_features.cache_settings(config, build_source(d))
   return build_train_loader(config, tokenizer, process_index=jax.process_index(), process_count=jax.process_count(),
-                            start_step=start_step, text_cache_settings=settings)
+                            start_step=start_step, text_cache_settings=text, teacher_cache_settings=teacher)
 
 
 def _run(trainer, state, rng, loader, checkpoints, writer, preemption, workdir) -> dict[str, float]:

@@ -20,6 +20,7 @@ import ml_collections
 import optax
 
 from pixelhdm_jax import flow
+from pixelhdm_jax.data import teacher_cache
 from pixelhdm_jax.data.images import images_to_model_range
 from pixelhdm_jax.encoders.qwen3 import TextEncoding
 from pixelhdm_jax.encoders.teacher import DinoTeacher
@@ -31,7 +32,7 @@ from pixelhdm_jax.train.state import Networks, TrainState
 
 BATCH_KEYS = ("images", "token_ids", "token_mask")
 CACHED_TEXT_KEYS = ("images", "text_hidden", "text_mask", "text_pooled")  # text.cache=True: no Qwen3 in the step
-TEACHER_FEATURES = "teacher_features"  # cached DINOv3 patch features (B, L, C): the REPA step then runs no DINOv3
+TEACHER_FEATURES = teacher_cache.FEATURES  # cached DINOv3 patch features (B, L, C): the REPA step then runs no DINOv3
 
 
 def batch_keys(text_cached: bool) -> tuple[str, ...]:

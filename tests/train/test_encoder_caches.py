@@ -1,7 +1,10 @@
-"""The text cache: stored encodings equal the live encoder's, training on them equals training live, an interrupted
-job resumes, and a cache made with other settings is refused naming the setting."""
+"""The text and teacher caches: stored encodings and features equal the live encoders', training on them equals
+training live, an interrupted job resumes, a cache made with other settings is refused naming the setting, random
+crops or flips fall back to the live teacher."""
 
 import json
+import logging
+import types
 
 import flax.linen as nn
 import jax
@@ -11,12 +14,16 @@ from PIL import Image
 
 from pixelhdm_jax import parallel
 from pixelhdm_jax.config import validate
-from pixelhdm_jax.data import text_cache
+from pixelhdm_jax.data import feature_cache, teacher_cache, text_cache
 from pixelhdm_jax.data.buckets import buckets_from_config
+from pixelhdm_jax.data.images import images_to_model_range
+from pixelhdm_jax.data.pipeline import build_train_loader
 from pixelhdm_jax.data.prepare import prepare_folder
 from pixelhdm_jax.data.sources import FolderSource
-from pixelhdm_jax.encoders import caption_cache
+from pixelhdm_jax.encoders import caption_cache, teacher_features
+from pixelhdm_jax.encoders.teacher import DinoTeacher, build_dino_teacher
 from pixelhdm_jax.encoders.text import build_text_encoder
+from pixelhdm_jax.encoders.tokenizers import ByteTokenizer
 from pixelhdm_jax.errors import ConfigError
 from pixelhdm_jax.train import loop, setup
 from pixelhdm_jax.train.loop import train_and_evaluate
@@ -26,22 +33,24 @@ CAPTIONS = ("a red circle on blue", "", "a yellow square on green, large", "a ti
             "a very long caption that the byte tokenizer cuts at max_length tokens, well past thirty-two bytes")
 
 
-def _config(dataset, **text):
+def _config(dataset, dino_cache=False, **text):
   """The tiny run of `tests/train/test_step.py` (so that its live program is compiled once per session) on the
   prepared folder, half of the captions dropped."""
   config = tiny_run_config()
   config.data.update(source="folder", path=str(dataset), caption_dropout=0.5)
   config.text.update(text)
+  config.dino.cache = dino_cache
   return config
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-  """A prepared folder of 12 captioned images (one caption empty, one longer than text.max_length)."""
+  """A prepared folder of 12 captioned images of two sizes (one caption empty, one longer than text.max_length)."""
   images, out = tmp_path_factory.mktemp("images"), tmp_path_factory.mktemp("prepared")
   rng = np.random.default_rng(0)
   for i in range(12):
-    Image.fromarray(rng.integers(0, 256, (40, 36, 3), np.uint8)).save(images / f"{i:02d}.png")
+    shape = (40, 36, 3) if i % 2 else (48, 72, 3)
+    Image.fromarray(rng.integers(0, 256, shape, np.uint8)).save(images / f"{i:02d}.png")
     (images / f"{i:02d}.txt").write_text(CAPTIONS[i % len(CAPTIONS)])
   prepare_folder(images, out, buckets_from_config(tiny_run_config()), validation_fraction=0.0, progress=False)
   return out
@@ -49,7 +58,10 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cache(dataset):
-  return caption_cache.encode_captions(validate(_config(dataset)), batch_size=1, progress=False)
+  """The text and teacher caches of the tiny run."""
+  config = validate(_config(dataset))
+  teacher_features.encode_teacher_features(config, batch_size=1, progress=False)
+  return caption_cache.encode_captions(config, batch_size=1, progress=False)
 
 
 def test_cached_encodings_equal_the_live_encoder(dataset, cache):
@@ -90,10 +102,44 @@ def _no_text_encoder(*args, **kwargs):
   raise AssertionError("a run with text.cache=True built the text encoder")
 
 
-def test_train_steps_on_the_cache_equal_the_live_ones(dataset, cache, monkeypatch):
+def _no_teacher(*args, **kwargs):
+  raise AssertionError("a step on cached teacher features ran DINOv3")
+
+
+def test_train_steps_on_the_caches_equal_the_live_ones(dataset, cache, monkeypatch):
   live = _step_losses(_config(dataset))
   monkeypatch.setattr(setup, "build_text_encoder", _no_text_encoder)
-  np.testing.assert_allclose(_step_losses(_config(dataset, cache=True)), live, rtol=1e-5)
+  monkeypatch.setattr(DinoTeacher, "features", _no_teacher)
+  np.testing.assert_allclose(_step_losses(_config(dataset, dino_cache=True, cache=True)), live, rtol=1e-5)
+
+
+def test_cached_teacher_features_equal_the_live_teacher_on_the_loaders_images(dataset):
+  """Two buckets (32x32 and 64x48): each batch's stored features are DINOv3's of the batch's images."""
+  config = _config(dataset)
+  config.data.max_resolution = 64
+  teacher_features.encode_teacher_features(config, batch_size=1, progress=False)
+  settings = teacher_features.cache_settings(config, FolderSource(dataset))
+  loader = build_train_loader(config, ByteTokenizer(config.text.max_length), teacher_cache_settings=settings)
+  teacher, params = build_dino_teacher(config)
+  shapes = set()
+  for _ in range(4):
+    batch = next(loader)
+    live = teacher.features(params, images_to_model_range(batch["images"]))
+    np.testing.assert_allclose(batch[teacher_cache.FEATURES], live, rtol=1e-5, atol=1e-5)
+    shapes.add(batch["images"].shape)
+  assert len(shapes) == 2, shapes
+
+
+def test_random_crops_or_flips_use_the_live_teacher(dataset, cache, caplog):
+  config = _config(dataset, dino_cache=True)
+  config.data.random_flip = True
+  trainer = types.SimpleNamespace(config=config, text_encoder=build_text_encoder(config)[0], has_teacher=True)
+  with caplog.at_level(logging.INFO):
+    batch = next(loop._loader(trainer))
+  assert teacher_cache.FEATURES not in batch
+  assert "REPA targets come from the live teacher" in caplog.text
+  config.data.random_flip = False
+  assert teacher_cache.FEATURES in next(loop._loader(trainer))
 
 
 @pytest.mark.slow
@@ -102,7 +148,8 @@ def test_training_on_the_cache_equals_training_live(dataset, cache, tmp_path, mo
   short = lambda config: config.train.update(num_steps=3, checkpoint_every=100) or config
   live = train_and_evaluate(short(_config(dataset)), tmp_path / "live")
   monkeypatch.setattr(setup, "build_text_encoder", _no_text_encoder)
-  cached = train_and_evaluate(short(_config(dataset, cache=True)), tmp_path / "cached")
+  monkeypatch.setattr(DinoTeacher, "features", _no_teacher)
+  cached = train_and_evaluate(short(_config(dataset, dino_cache=True, cache=True)), tmp_path / "cached")
   rows = lambda run: [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
   losses = lambda run: [row["loss"] for row in rows(run) if "loss" in row]
   assert len(losses("live")) == 3
@@ -113,7 +160,7 @@ def test_training_on_the_cache_equals_training_live(dataset, cache, tmp_path, mo
 def test_an_interrupted_job_resumes_to_the_same_cache(dataset, cache, monkeypatch):
   config = _config(dataset, max_length=24)  # another cache: the module's stays as it is
   commits = {"left": 2}
-  real_commit = text_cache.SplitWriter.commit
+  real_commit = feature_cache.SplitWriter.commit
 
   def interrupted_commit(self):
     real_commit(self)
@@ -121,16 +168,17 @@ def test_an_interrupted_job_resumes_to_the_same_cache(dataset, cache, monkeypatc
     if commits["left"] == 0:
       raise KeyboardInterrupt
 
-  monkeypatch.setattr(text_cache.SplitWriter, "commit", interrupted_commit)
+  monkeypatch.setattr(feature_cache.SplitWriter, "commit", interrupted_commit)
   with pytest.raises(KeyboardInterrupt):
     caption_cache.encode_captions(config, batch_size=1, progress=False)
-  directory = text_cache.cache_dir(dataset, caption_cache.cache_settings(config, FolderSource(dataset)))
+  settings = caption_cache.cache_settings(config, FolderSource(dataset))
+  directory = feature_cache.cache_dir(dataset, text_cache.KIND, settings)
   assert json.loads((directory / "train_progress.json").read_text())["done"] == 8  # empty prompt, then one batch
   with pytest.raises(ConfigError, match="holds 8 of 12 records of split 'train'.*resumes"):
-    text_cache.TextCache(dataset, "train", caption_cache.cache_settings(config, FolderSource(dataset)), 24)
-  monkeypatch.setattr(text_cache.SplitWriter, "commit", real_commit)
+    text_cache.TextCache(dataset, "train", settings, 24)
+  monkeypatch.setattr(feature_cache.SplitWriter, "commit", real_commit)
   caption_cache.encode_captions(config, batch_size=1, progress=False)
-  resumed = {name: np.load(directory / f"train_{name}.npy") for name in ("hidden", "pooled", "offsets")}
+  resumed = {name: np.load(directory / f"train_{name}.npy") for name in ("rows", "pooled", "offsets")}
   for path in directory.glob("*"):
     path.unlink()
   caption_cache.encode_captions(config, batch_size=1, progress=False)
@@ -159,8 +207,17 @@ def test_other_encoder_weights_give_another_fingerprint(tmp_path):
   assert fingerprints[0] != fingerprints[1] and fingerprints[0] == fingerprints[2]
 
 
-def test_the_cache_needs_a_prepared_folder():
+def test_a_teacher_cache_made_with_other_settings_is_refused_naming_the_setting(dataset, cache):
+  config = _config(dataset)
+  config.data.jpeg_draft = False
+  settings = teacher_features.cache_settings(config, FolderSource(dataset))
+  with pytest.raises(ConfigError, match="made with other data.jpeg_draft .*launch/encode_teacher.py"):
+    teacher_cache.TeacherCache(dataset, "train", settings)
+
+
+@pytest.mark.parametrize("field", ["text", "dino"])
+def test_a_cache_needs_a_prepared_folder(field):
   config = tiny_run_config()
-  config.text.cache = True
-  with pytest.raises(ConfigError, match="text.cache=True .* set data.source=folder and data.path"):
+  config[field].cache = True
+  with pytest.raises(ConfigError, match=f"{field}.cache=True .* set data.source=folder and data.path"):
     validate(config)
