@@ -13,8 +13,8 @@ Batch (a dict of numpy arrays, B_local = train.batch_size // process_count):
   (with a text cache, `text.cache=True`, instead of the tokens: `text_hidden` (B_local, T, D), `text_mask`
   (B_local, T) and `text_pooled` (B_local, D) in the compute dtype, the empty prompt's for a dropped caption;
   `text_cache.TextCache.batch`)
-  teacher_features  (B_local, L, C)   with a teacher cache (`dino.cache=True`): the DINOv3 patch features of the
-                                      images, the REPA targets (`teacher_cache.TeacherCache.batch`)
+  teacher_features  (B_local, L, C)   with a teacher cache (`dino.cache=True`), while REPA is on: the DINOv3 patch
+                                      features of the images, its targets (`teacher_cache.TeacherCache.batch`)
   bucket_id   int32 (B_local,)          the same value on every row
   index       int32 (B_local,)          dataset index of every row
 
@@ -50,18 +50,19 @@ _AUGMENT_STREAM = 1  # keeps per-sample randomness apart from the schedule's str
 class LoadBatch(grain.transforms.Map):
   """Grain transform: global step -> this process's preprocessed slice of that batch, its captions tokenised by
   `tokenizer` or, given a `text_cache`, replaced by their stored encodings; with a `teacher_cache` (centre crops,
-  no flips only) the images' stored DINOv3 features too."""
+  no flips only) the images' stored DINOv3 features too, for the first `teacher_steps` batches (REPA's)."""
 
   def __init__(self, source: ImageTextSource, schedule: BatchSchedule, buckets: AspectRatioBucket, tokenizer, *,
                seed: int, caption_dropout: float, random_crop: bool, random_flip: bool, process_index: int,
-               process_count: int, text_cache: TextCache | None = None, teacher_cache: TeacherCache | None = None):
+               process_count: int, text_cache: TextCache | None = None, teacher_cache: TeacherCache | None = None,
+               teacher_steps: int = 0):
     if schedule.batch_size % process_count:
       raise ValueError(f"train.batch_size={schedule.batch_size} is not divisible by the {process_count} "
                        "processes: every process loads an equal slice of each global batch")
     if not 0 <= process_index < process_count:
       raise ValueError(f"process_index={process_index} is not in [0, process_count={process_count})")
     self.source, self.schedule, self.buckets, self.tokenizer = source, schedule, buckets, tokenizer
-    self.text_cache, self.teacher_cache = text_cache, teacher_cache
+    self.text_cache, self.teacher_cache, self.teacher_steps = text_cache, teacher_cache, teacher_steps
     if teacher_cache is not None and (random_crop or random_flip):
       raise ValueError("stored teacher features are of centre crops without flips: data.random_crop and "
                        "data.random_flip need the live teacher")
@@ -91,7 +92,7 @@ class LoadBatch(grain.transforms.Map):
     else:
       token_ids, token_mask = self.tokenizer(captions)
       text = {"token_ids": np.asarray(token_ids, np.int32), "token_mask": np.asarray(token_mask, bool)}
-    if self.teacher_cache is not None:
+    if self.teacher_cache is not None and step < self.teacher_steps:
       text.update(self.teacher_cache.batch(np.asarray(used)))
     return {"images": images, **text, "bucket_id": np.full((self.local_batch_size,), batch.bucket, np.int32),
             "index": np.asarray(used, np.int32)}
@@ -164,7 +165,8 @@ def build_train_dataset(config, tokenizer, *, process_index: int = 0, process_co
                schedule.batches_per_epoch, schedule.batch_size, schedule.images_per_epoch, schedule.repeats_per_epoch)
   load = LoadBatch(source, schedule, buckets, tokenizer, seed=config.seed, caption_dropout=d.caption_dropout,
                    random_crop=d.random_crop, random_flip=d.random_flip, process_index=process_index,
-                   process_count=process_count, text_cache=text_cache, teacher_cache=teacher)
+                   process_count=process_count, text_cache=text_cache, teacher_cache=teacher,
+                   teacher_steps=config.loss.repa_early_stop * config.optim.grad_accum_steps)
   dataset = grain.MapDataset.range(start_step, sys.maxsize).map(load)
   dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=d.num_threads, prefetch_buffer_size=d.prefetch))
   if d.num_workers > 0:

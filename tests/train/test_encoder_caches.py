@@ -130,7 +130,7 @@ def test_cached_teacher_features_equal_the_live_teacher_on_the_loaders_images(da
   assert len(shapes) == 2, shapes
 
 
-def test_random_crops_or_flips_use_the_live_teacher(dataset, cache, caplog):
+def test_random_crops_or_flips_use_the_live_teacher_and_the_features_stop_with_repa(dataset, cache, caplog):
   config = _config(dataset, dino_cache=True)
   config.data.random_flip = True
   trainer = types.SimpleNamespace(config=config, text_encoder=build_text_encoder(config)[0], has_teacher=True)
@@ -139,7 +139,9 @@ def test_random_crops_or_flips_use_the_live_teacher(dataset, cache, caplog):
   assert teacher_cache.FEATURES not in batch
   assert "REPA targets come from the live teacher" in caplog.text
   config.data.random_flip = False
-  assert teacher_cache.FEATURES in next(loop._loader(trainer))
+  config.loss.repa_early_stop = 1  # REPA's targets in the first batch only
+  loader = loop._loader(trainer)
+  assert teacher_cache.FEATURES in next(loader) and teacher_cache.FEATURES not in next(loader)
 
 
 @pytest.mark.slow
