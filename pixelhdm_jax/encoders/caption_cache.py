@@ -64,8 +64,8 @@ def encode_captions(config: ml_collections.ConfigDict, *, batch_size: int = 64, 
   returns its folder. `batch_size` captions per device and step."""
   d = config.data
   if d.source != "folder" or not d.path:
-    raise ConfigError("the text cache is stored beside a prepared folder: set --config.data.source=folder and "
-                      "--config.data.path to the --output of launch/prepare_data.py")
+    raise ConfigError("the text cache is stored beside a prepared folder: set --config.data.path to the --output "
+                      "of launch/prepare_data.py")
   if jax.process_count() > 1:
     raise ConfigError("launch/encode_text.py runs on one host (over all its devices): start it as one process")
   source = FolderSource(d.path, d.split, d.jpeg_draft)

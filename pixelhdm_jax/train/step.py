@@ -1,8 +1,8 @@
 """The pure train step `(state, frozen, batch, rng) -> (state, metrics)` and its compiled, sharded form.
 
 One step: frozen text encoder (or the cached encodings of `text.cache`) -> DINOv3 features of the clean image (only
-while REPA is on) -> logit-normal t and noise from `fold_in(rng, step)` -> network -> losses (float32) -> gradients
--> ZClip -> AdamW -> EMA.
+while REPA is on; or the batch's cached ones, `dino.cache`) -> logit-normal t and noise from `fold_in(rng, step)` ->
+network -> losses (float32) -> gradients -> ZClip -> AdamW -> EMA.
 A step whose loss or gradients are not finite changes nothing but the skip counters. REPA on/off is static:
 two programs, switched once at `loss.repa_early_stop`. `frozen` holds the encoder weights ({"text": Qwen3 (absent
 with the text cache), "dino": DINOv3}), placed once; unlike the state it is not donated, so the same arrays serve
