@@ -69,6 +69,7 @@ class SplitWriter:
     self.records, self.done = len(lengths), 0
     progress = self.files["progress.json"]
     resumed = (progress.exists() and json.loads(progress.read_text())["records"] == self.records
+               and self.files["rows.npy"].exists() and (self.files["pooled.npy"].exists() or not pooled)
                and np.array_equal(np.load(self.files["offsets.npy"]), offsets))
     if resumed:
       self.done = json.loads(progress.read_text())["done"]
@@ -128,9 +129,10 @@ class CacheReader:
     self.dim = json.loads((self.directory / META_FILE).read_text())["dim"]
     self.dtype, self.splits = numpy_dtype(settings["dtype"]), tuple(splits)
     for split in self.splits:
-      progress = _files(self.directory, split)["progress.json"]
+      files = _files(self.directory, split)
+      progress = files["progress.json"]
       state = json.loads(progress.read_text()) if progress.exists() else {"done": 0, "records": "?"}
-      if state["done"] != state["records"]:
+      if state["done"] != state["records"] or not (files["rows.npy"].exists() and files["offsets.npy"].exists()):
         raise ConfigError(f"the {kind} {self.directory} holds {state['done']} of {state['records']} records of "
                           f"split {split!r}: finish it with {rebuild} (it resumes)")
     self._arrays = None
