@@ -219,9 +219,17 @@ def test_a_teacher_cache_made_with_other_settings_is_refused_naming_the_setting(
     teacher_cache.TeacherCache(dataset, "train", settings)
 
 
-@pytest.mark.parametrize("field", ["text", "dino"])
-def test_a_cache_needs_a_prepared_folder(field):
+@pytest.mark.parametrize("field, encode, read, kind, launcher", [
+    ("text", caption_cache.encode_captions, lambda path: text_cache.TextCache(path, "train", {}, 32), "text_cache",
+     "encode_text"),
+    ("dino", teacher_features.encode_teacher_features, lambda path: teacher_cache.TeacherCache(path, "train", {}),
+     "teacher_cache", "encode_teacher")])
+def test_a_cache_needs_a_prepared_folder(field, encode, read, kind, launcher, tmp_path):
   config = tiny_run_config()
   config[field].cache = True
   with pytest.raises(ConfigError, match=f"{field}.cache=True .* set data.source=folder and data.path"):
     validate(config)
+  with pytest.raises(ConfigError, match="set --config.data.path to the --output of launch/prepare_data.py"):
+    encode(tiny_run_config(), progress=False)
+  with pytest.raises(ConfigError, match=f"{tmp_path} holds no {kind}: build it with python launch/{launcher}.py"):
+    read(tmp_path)
