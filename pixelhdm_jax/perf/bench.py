@@ -88,16 +88,18 @@ def time_steps(step: Callable[[], Any], steps: int, warmup: int, profile: str | 
   return times
 
 
-def cached_encodings(config, batch_size: int, height: int, width: int, teacher_dim: int | None,
+def cached_encodings(config, batch_size: int, height: int, width: int, *, text: bool, teacher_dim: int | None,
                      seed: int) -> dict[str, np.ndarray]:
-  """Random stand-ins, of the shapes and dtypes the caches give, for the text encodings (every token valid) and,
-  with `teacher_dim`, the DINOv3 patch features: what the cached step reads instead of running the encoders."""
+  """Random stand-ins, of the shapes and dtypes the caches give, for the text encodings (`text`; every token valid)
+  and, with `teacher_dim`, the DINOv3 patch features: what the cached step reads instead of running the encoders."""
   rng = np.random.default_rng(seed)
   length, width_text = config.text.max_length, config.model.text_dim
   normal = lambda shape, section: rng.standard_normal(shape, np.float32).astype(compute_dtype(section.compute_dtype))
-  batch = {"text_hidden": normal((batch_size, length, width_text), config.text),
-           "text_mask": np.ones((batch_size, length), bool),
-           "text_pooled": normal((batch_size, width_text), config.text)}
+  batch = {}
+  if text:
+    batch.update(text_hidden=normal((batch_size, length, width_text), config.text),
+                 text_mask=np.ones((batch_size, length), bool),
+                 text_pooled=normal((batch_size, width_text), config.text))
   if teacher_dim is not None:
     patch = config.model.patch_size
     batch[TEACHER_FEATURES] = normal((batch_size, (height // patch) * (width // patch), teacher_dim), config.dino)
@@ -118,9 +120,8 @@ def _train(config, mesh, rules, height, width, batch_size, steps, warmup, profil
   else:
     local = synthetic_batch(trainer.text_encoder.tokenizer, local_size, height, width, seed)
   teacher_cache = teacher_cache and repa
-  cached = cached_encodings(config, local_size, height, width, trainer.teacher.feature_dim if teacher_cache else None,
-                            seed)
-  local.update({key: value for key, value in cached.items() if text_cache or key == TEACHER_FEATURES})
+  local.update(cached_encodings(config, local_size, height, width, text=text_cache,
+                                teacher_dim=trainer.teacher.feature_dim if teacher_cache else None, seed=seed))
   batch = trainer.global_batch(local)
   started = time.perf_counter()
   compiled = trainer.step_fn(repa).lower(state, trainer.frozen, batch, rng).compile()
