@@ -78,6 +78,9 @@ def _text(preset: str) -> ml_collections.ConfigDict:
   t.allow_download = False
   t.hidden_layer = -1  # HF hidden_states index: -1 = last_hidden_state (after the final norm), -2 = Z-Image's
   t.compute_dtype = "auto"
+  # True: train on the caption encodings stored beside the prepared folder (launch/encode_text.py with the same
+  # config) instead of running Qwen3 in the step; sample grids and evaluations still encode their prompts live.
+  t.cache = False
   return t
 
 
@@ -92,6 +95,9 @@ def _dino(preset: str) -> ml_collections.ConfigDict:
   d.hub_id = "facebook/dinov3-vitb16-pretrain-lvd1689m"  # gated on the hub; fetched only if allow_download
   d.allow_download = False
   d.compute_dtype = "auto"
+  # True: the REPA targets are the patch features stored beside the prepared folder (launch/encode_teacher.py with
+  # the same config) and DINOv3 does not run in the step; with data.random_crop or random_flip it runs live anyway.
+  d.cache = False
   return d
 
 

@@ -4,6 +4,8 @@ r"""Benchmarks the train step or the sampling loop on synthetic data and prints 
       --batch_size=32 --steps=20 --json=/tmp/bench/train_512.json --config.model.attention=cudnn
   python launch/bench.py --config=configs/base.py:default --mode=sample --height=512 --width=512 \
       --batch_size=8 --steps=3 --json=/tmp/bench/sample_512.json
+  python launch/bench.py --config=configs/base.py:default --height=512 --width=512 --batch_size=32 \
+      --text_cache --teacher_cache      # the step on cached encodings: no Qwen3, no DINOv3
 
 Any config field can be overridden (`--config.model.remat_policy=dots`, `--config.mesh.shape="(1,-1,1)"`).
 Pretrained encoders are replaced by random ones of the same size unless --pretrained_encoders. Definitions
@@ -29,6 +31,10 @@ _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after the compile.")
 _JSON = flags.DEFINE_string("json", None, "Write the result as JSON to this file.")
 _PROFILE = flags.DEFINE_string("profile", None, "Folder for a JAX profiler trace of the timed steps (TensorBoard's "
                                "profile plugin reads it; docs/performance.md).")
+_TEXT_CACHE = flags.DEFINE_bool("text_cache", False, "Train mode: the step that reads cached text encodings (random "
+                                 "stand-ins of their shape and dtype) and runs no Qwen3, as text.cache=True.")
+_TEACHER_CACHE = flags.DEFINE_bool("teacher_cache", False, "Train mode: the step that reads cached DINOv3 patch "
+                                   "features (random stand-ins) and runs no DINOv3.")
 _PRETRAINED = flags.DEFINE_bool("pretrained_encoders", False, "Load the configured pretrained encoders instead of "
                                 "random ones of the same size.")
 
@@ -45,7 +51,8 @@ def main(argv):
   try:
     result = bench.run(config, mode=_MODE.value, height=_HEIGHT.value or size, width=_WIDTH.value or size,
                        batch_size=batch_size, steps=_STEPS.value, warmup=_WARMUP.value,
-                       pretrained_encoders=_PRETRAINED.value, profile=_PROFILE.value)
+                       pretrained_encoders=_PRETRAINED.value, profile=_PROFILE.value,
+                       text_cache=_TEXT_CACHE.value, teacher_cache=_TEACHER_CACHE.value)
   except ValueError as error:
     raise app.UsageError(str(error)) from error
   result["command"] = shlex.join([sys.executable, *sys.argv])

@@ -2,6 +2,7 @@ r"""The GPU benchmark in one command: `default` at 512 and 256, each GPU attenti
 
   python launch/gpu_bench.py --output_dir=/tmp/gpu_bench            # budgeted to ~8 minutes (--budget_s)
   python launch/gpu_bench.py --dry_run --output_dir=/tmp/gpu_dry     # the same path, tiny preset, CPU
+  python launch/gpu_bench.py --sizes=512 --kernels=cudnn --modes=train --caches=text,text+teacher  # cached vs live
 
 Each run is one `launch/bench.py` process (train: batch 32 at 512 and 64 at 256, 10 timed steps; sample:
 batch 8, Heun 50 steps with CFG, 3 timed loops). Runs go in order 512 before 256, train before sample,
@@ -24,6 +25,8 @@ _SIZES = flags.DEFINE_list("sizes", None, "Square image sizes, in order (default
 _KERNELS = flags.DEFINE_list("kernels", None, "Attention kernels (default cudnn,xla,pallas_gpu; dry run xla).")
 _MODES = flags.DEFINE_list("modes", ["train", "sample"], "train and/or sample.")
 _REMAT = flags.DEFINE_list("remat_policies", [], "Remat policies of the train runs (default: the preset's).")
+_CACHES = flags.DEFINE_list("caches", [], "Also time each train run with these encoder caches, one run each: text, "
+                            "teacher or text+teacher (launch/bench.py --text_cache / --teacher_cache).")
 _BUDGET = flags.DEFINE_float("budget_s", 450.0, "Wall-clock budget; runs that no longer fit are skipped.")
 
 
@@ -34,7 +37,12 @@ def main(argv):
   if backend not in (None, "gpu"):
     sys.exit(f"gpu_bench.py: no GPU: JAX runs on {backend!r} here (a CUDA build of JAX, pip install -e '.[gpu]', on "
              "a machine with an NVIDIA GPU runs the benchmark; --dry_run checks the script on a CPU)")
-  suite = bench_suite.gpu_suite(_SIZES.value, _KERNELS.value, _MODES.value, _REMAT.value, dry_run=_DRY_RUN.value)
+  variants = [tuple(variant.split("+")) for variant in _CACHES.value]
+  unknown = {name for variant in variants for name in variant} - set(bench_suite.CACHES)
+  if unknown:
+    raise app.UsageError(f"--caches names {sorted(unknown)}: use text, teacher or text+teacher")
+  suite = bench_suite.gpu_suite(_SIZES.value, _KERNELS.value, _MODES.value, _REMAT.value, variants,
+                                dry_run=_DRY_RUN.value)
   records = bench_suite.run_all(suite.runs, preset=suite.preset, steps=suite.steps, output_dir=_OUTPUT.value,
                                 budget_s=_BUDGET.value, overrides=suite.overrides)
   print(bench_suite.summarize(records, _OUTPUT.value))

@@ -214,6 +214,13 @@ def _check_encoders(config: ml_collections.ConfigDict) -> None:
   _require(isinstance(h, int) and h <= -1,
            f"text.hidden_layer={h!r} must be a negative Hugging Face hidden_states index: -1 (last_hidden_state, "
            "after the final norm) or -2 (the layer before, as Z-Image)")
+  for field, stored, launcher in (("text", "caption encodings", "encode_text"),
+                                  ("dino", "DINOv3 features", "encode_teacher")):
+    cache = config[field].cache
+    _require(isinstance(cache, bool), f"{field}.cache must be True or False, got {cache!r}")
+    _require(not cache or (config.data.source == "folder" and bool(config.data.path)),
+             f"{field}.cache=True reads the {stored} stored beside a prepared folder: set data.source=folder and "
+             f"data.path, and build the cache with python launch/{launcher}.py (or train with {field}.cache=False)")
 
 
 def _check_train(config: ml_collections.ConfigDict) -> None:

@@ -172,6 +172,14 @@ class FolderSource(_LazyDataSource):
     image = image_ops.open_image(record["image"], size if self.jpeg_draft else None)
     return image, as_text(record["caption"])
 
+  def caption(self, index: int) -> str:
+    """Record `index`'s caption, without decoding its image (the text-cache job reads every caption)."""
+    return as_text(self.data_source[int(index)]["caption"])
+
+  def fingerprint(self) -> str:
+    """The fingerprint of the inputs and settings the dataset was prepared from (`report.json`)."""
+    return json.loads((self.path / prepare.REPORT_FILE).read_text())["fingerprint"]
+
 
 class TfdsSource(_LazyDataSource):
   """Any TFDS dataset stored in ArrayRecord format, with an image feature and a text feature.

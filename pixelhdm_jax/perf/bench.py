@@ -9,7 +9,9 @@ sampling loop (`config.sample`: solver, steps, guidance) for `batch_size` images
 Reported (`RESULT_KEYS`): the median step time, images/s, model TFLOP/s per device and MFU from the
 analytic counter (`flops.py`: the PixelHDM network only, 3x forward for training, remat recompute not
 counted), the same with the frozen encoders' forward added (`*_with_encoders`: Qwen3 on the prompts,
-DINOv3 on the images while REPA is on), the compiled program's memory per device
+DINOv3 on the images while REPA is on; neither when cached: `text_cache`, `teacher_cache`), the FLOPs per image
+of the model and encoders (`flops_per_image`; not XLA's `cost_analysis`, which counts a scanned layer stack's body
+once), the compiled program's memory per device
 (`peak_memory_bytes` = argument + output - donated alias + temp, `aot.program_memory`) and, on GPU/TPU, the
 allocator's peak since the process started (`device_peak_bytes`). Pretrained encoders are replaced by
 random ones of the same size (`text/dino.source=random_full`): their weights do not change the cost.
@@ -41,10 +43,12 @@ from pixelhdm_jax.sample.guidance import Guidance
 from pixelhdm_jax.sample.pipeline import Pipeline
 from pixelhdm_jax.sample.request import SampleRequest, check_size
 from pixelhdm_jax.train.setup import build_trainer
+from pixelhdm_jax.train.step import TEACHER_FEATURES
 
 MODES = ("train", "sample")
 RESULT_KEYS = ("mode", "height", "width", "batch_size", "steps", "compile_s", "step_time_s", "images_per_s",
-               "tflops_per_device", "tflops_per_device_with_encoders", "mfu", "mfu_with_encoders",
+               "flops_per_image", "tflops_per_device", "tflops_per_device_with_encoders", "mfu",
+               "mfu_with_encoders",
                "peak_memory_bytes", "device_peak_bytes", "device_kind", "num_devices", "config")
 
 
@@ -52,11 +56,14 @@ def synthetic_prompts(count: int) -> list[str]:
   return [f"a synthetic benchmark prompt, number {i}" for i in range(count)]
 
 
+def synthetic_images(batch_size: int, height: int, width: int, seed: int) -> np.ndarray:
+  return np.random.default_rng(seed).integers(0, 256, (batch_size, height, width, 3), dtype=np.uint8)
+
+
 def synthetic_batch(tokenizer, batch_size: int, height: int, width: int, seed: int) -> dict[str, np.ndarray]:
   """A train batch of random uint8 images and tokenised prompts (this process's share)."""
-  images = np.random.default_rng(seed).integers(0, 256, (batch_size, height, width, 3), dtype=np.uint8)
   ids, mask = tokenizer(synthetic_prompts(batch_size))
-  return {"images": images, "token_ids": ids, "token_mask": mask}
+  return {"images": synthetic_images(batch_size, height, width, seed), "token_ids": ids, "token_mask": mask}
 
 
 def time_steps(step: Callable[[], Any], steps: int, warmup: int, profile: str | None = None,
@@ -81,14 +88,41 @@ def time_steps(step: Callable[[], Any], steps: int, warmup: int, profile: str | 
   return times
 
 
-def _train(config, mesh, rules, height, width, batch_size, steps, warmup, profile) -> dict[str, Any]:
+def cached_encodings(config, batch_size: int, height: int, width: int, *, text: bool, teacher_dim: int | None,
+                     seed: int) -> dict[str, np.ndarray]:
+  """Random stand-ins, of the shapes and dtypes the caches give, for the text encodings (`text`; every token valid)
+  and, with `teacher_dim`, the DINOv3 patch features: what the cached step reads instead of running the encoders."""
+  rng = np.random.default_rng(seed)
+  length, width_text = config.text.max_length, config.model.text_dim
+  normal = lambda shape, section: rng.standard_normal(shape, np.float32).astype(compute_dtype(section.compute_dtype))
+  batch = {}
+  if text:
+    batch.update(text_hidden=normal((batch_size, length, width_text), config.text),
+                 text_mask=np.ones((batch_size, length), bool),
+                 text_pooled=normal((batch_size, width_text), config.text))
+  if teacher_dim is not None:
+    patch = config.model.patch_size
+    batch[TEACHER_FEATURES] = normal((batch_size, (height // patch) * (width // patch), teacher_dim), config.dino)
+  return batch
+
+
+def _train(config, mesh, rules, height, width, batch_size, steps, warmup, profile, text_cache=False,
+           teacher_cache=False) -> dict[str, Any]:
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.text.cache = text_cache  # after validate: the bench reads no dataset, the stand-ins have the cache's shapes
   trainer = build_trainer(config, mesh, rules)
   init_rng, rng = jax.random.split(jax.random.key(config.seed))
   state = trainer.new_state(init_rng)
-  local = synthetic_batch(trainer.text_encoder.tokenizer, batch_size // jax.process_count(), height, width,
-                          seed=jax.process_index())
-  batch = trainer.global_batch(local)
   repa = trainer.has_teacher
+  local_size, seed = batch_size // jax.process_count(), jax.process_index()
+  if text_cache:
+    local = {"images": synthetic_images(local_size, height, width, seed)}
+  else:
+    local = synthetic_batch(trainer.text_encoder.tokenizer, local_size, height, width, seed)
+  teacher_cache = teacher_cache and repa
+  local.update(cached_encodings(config, local_size, height, width, text=text_cache,
+                                teacher_dim=trainer.teacher.feature_dim if teacher_cache else None, seed=seed))
+  batch = trainer.global_batch(local)
   started = time.perf_counter()
   compiled = trainer.step_fn(repa).lower(state, trainer.frozen, batch, rng).compile()
   compile_s = time.perf_counter() - started
@@ -100,10 +134,13 @@ def _train(config, mesh, rules, height, width, batch_size, steps, warmup, profil
 
   times = time_steps(step, steps, warmup, profile)
   text_length = config.text.max_length
-  encoder = flops.text_encoder_flops(text_length, trainer.text_encoder.module.arch, config.text.hidden_layer)
-  if repa:
+  encoder = 0.0
+  if not text_cache:
+    encoder += flops.text_encoder_flops(text_length, trainer.text_encoder.module.arch, config.text.hidden_layer)
+  if repa and not teacher_cache:
     encoder += flops.dino_flops(height, width, trainer.teacher.module.arch)
-  return {"compile_s": compile_s, "times": times, "compiled": compiled, "repa": repa,
+  return {"compile_s": compile_s, "times": times, "compiled": compiled, "repa": repa, "text_cache": text_cache,
+          "teacher_cache": teacher_cache,
           "model_flops": batch_size * flops.train_step_flops(config.model, height, width, text_length),
           "encoder_flops": batch_size * encoder}
 
@@ -141,11 +178,15 @@ def device_peak_bytes() -> int | None:
 
 def run(config: ml_collections.ConfigDict, *, mode: str, height: int, width: int, batch_size: int,
         steps: int = 10, warmup: int = 2, pretrained_encoders: bool = False,
-        profile: str | None = None) -> dict[str, Any]:
+        profile: str | None = None, text_cache: bool = False, teacher_cache: bool = False) -> dict[str, Any]:
   """Benchmarks `mode` (train or sample) on synthetic data; returns the result (`RESULT_KEYS` and more).
-  `profile`: a folder for a JAX profiler trace of the timed steps."""
+  `profile`: a folder for a JAX profiler trace of the timed steps. `text_cache` / `teacher_cache`: the train step
+  that reads cached text encodings / DINOv3 features (random stand-ins of their shapes) instead of running Qwen3 /
+  DINOv3."""
   if mode not in MODES:
     raise ValueError(f"mode={mode!r} is unknown: choose one of {MODES}")
+  if mode != "train" and (text_cache or teacher_cache):
+    raise ValueError("--text_cache and --teacher_cache time the train step: use --mode=train")
   if steps < 1 or warmup < 0:
     raise ValueError(f"steps={steps} must be >= 1 and warmup={warmup} >= 0")
   config = validate(config if pretrained_encoders else aot.random_encoders(config))
@@ -154,9 +195,10 @@ def run(config: ml_collections.ConfigDict, *, mode: str, height: int, width: int
   mesh = parallel.create_mesh(config.mesh)
   rules = parallel.logical_rules(config.mesh)
   aot.check_batch(batch_size, mesh, rules)
+  caches = {"text_cache": text_cache, "teacher_cache": teacher_cache} if mode == "train" else {}
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     measured = (_train if mode == "train" else _sample)(config, mesh, rules, height, width, batch_size, steps,
-                                                        warmup, profile)
+                                                        warmup, profile, **caches)
   return _result(config, mode, mesh, height, width, batch_size, measured)
 
 
@@ -179,6 +221,7 @@ def _result(config, mode, mesh, height, width, batch_size, measured) -> dict[str
       "compile_s": measured.pop("compile_s"), "step_time_s": step_time, "step_time_min_s": min(times),
       "step_times_s": times, "images_per_s": model.images_per_s,
       "model_flops_per_step": model_flops, "encoder_flops_per_step": encoder_flops,
+      "flops_per_image": (model_flops + encoder_flops) / batch_size,
       "tflops_per_device": model.tflops_per_device, "tflops_per_device_with_encoders": with_encoders.tflops_per_device,
       "mfu": model.mfu, "mfu_with_encoders": with_encoders.mfu,
       "peak_memory_bytes": None if memory is None else memory.peak_bytes,
@@ -201,13 +244,15 @@ def _percent(value: float | None) -> str:
 
 def table(results: list[dict[str, Any]]) -> str:
   """A Markdown table of results (one row each)."""
-  header = ("mode", "size", "batch", "kernel", "remat", "compile s", "step s", "img/s", "TFLOP/s/dev", "MFU",
-            "MFU+enc", "program GiB", "device peak GiB")
+  header = ("mode", "size", "batch", "kernel", "remat", "caches", "compile s", "step s", "img/s", "GFLOP/img",
+            "TFLOP/s/dev", "MFU", "MFU+enc", "program GiB", "device peak GiB")
   rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in results:
+    caches = "+".join(name for name in ("text", "teacher") if r.get(f"{name}_cache")) or "-"
     cells = (r["mode"], f"{r['height']}x{r['width']}", r["batch_size"], f"{r['attention']} ({r['attention_kernel']})",
-             r["remat_policy"], f"{r['compile_s']:.1f}", f"{r['step_time_s']:.4f}", f"{r['images_per_s']:.2f}",
-             f"{r['tflops_per_device']:.3g}", _percent(r["mfu"]), _percent(r["mfu_with_encoders"]),
+             r["remat_policy"], caches, f"{r['compile_s']:.1f}", f"{r['step_time_s']:.4f}", f"{r['images_per_s']:.2f}",
+             f"{r['flops_per_image'] / 1e9:.4g}", f"{r['tflops_per_device']:.3g}", _percent(r["mfu"]),
+             _percent(r["mfu_with_encoders"]),
              _gib(r["peak_memory_bytes"]), _gib(r["device_peak_bytes"]))
     rows.append("| " + " | ".join(str(c) for c in cells) + " |")
   return "\n".join(rows)

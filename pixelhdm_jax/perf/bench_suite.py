@@ -22,17 +22,22 @@ GPU_KERNELS = ("cudnn", "xla", "pallas_gpu")
 MIN_RUN_S = 60  # a run is not started with less budget left than this
 
 
+CACHES = ("text", "teacher")  # `launch/bench.py --<name>_cache`
+
+
 class Run(NamedTuple):
   mode: str
   size: int  # square images, pixels per side
   kernel: str
   remat_policy: str | None  # None: the preset's
   batch_size: int
+  caches: tuple[str, ...] = ()  # train runs: the encoders whose outputs are cached (`CACHES`); () = live
 
   @property
   def name(self) -> str:
     remat = f"_{self.remat_policy}" if self.remat_policy else ""
-    return f"{self.mode}_{self.size}_{self.kernel}{remat}_b{self.batch_size}"
+    cached = f"_cached_{'_'.join(self.caches)}" if self.caches else ""
+    return f"{self.mode}_{self.size}_{self.kernel}{remat}{cached}_b{self.batch_size}"
 
 
 class Suite(NamedTuple):
@@ -44,13 +49,15 @@ class Suite(NamedTuple):
 
 
 def plan(sizes: Sequence[int], kernels: Sequence[str], modes: Sequence[str], remat_policies: Sequence[str],
-         train_batch: dict[int, int], sample_batch: int) -> list[Run]:
+         train_batch: dict[int, int], sample_batch: int, cache_variants: Sequence[tuple[str, ...]] = ()) -> list[Run]:
   """Runs in priority order: the first size first, then modes, kernels and remat policies (train runs only;
-  none given: the preset's) as given."""
+  none given: the preset's) as given; each train run live, then with each of `cache_variants` (e.g. ("text",),
+  ("text", "teacher")) cached."""
   policies = list(remat_policies) or [None]
-  return [Run(mode, size, kernel, remat, train_batch[size] if mode == "train" else sample_batch)
+  variants = [()] + [tuple(v) for v in cache_variants]
+  return [Run(mode, size, kernel, remat, train_batch[size] if mode == "train" else sample_batch, caches)
           for size in sizes for mode in modes for kernel in kernels
-          for remat in (policies if mode == "train" else [None])]
+          for remat in (policies if mode == "train" else [None]) for caches in (variants if mode == "train" else [()])]
 
 
 def default_backend() -> str:
@@ -61,15 +68,15 @@ def default_backend() -> str:
 
 
 def gpu_suite(sizes: Sequence[int | str] | None = None, kernels: Sequence[str] | None = None,
-              modes: Sequence[str] = ("train", "sample"), remat_policies: Sequence[str] = (), *,
-              dry_run: bool = False) -> Suite:
+              modes: Sequence[str] = ("train", "sample"), remat_policies: Sequence[str] = (),
+              cache_variants: Sequence[tuple[str, ...]] = (), *, dry_run: bool = False) -> Suite:
   """The runs of `launch/gpu_bench.py`: `default` at 512 then 256 px (train batch 32 / 64, 10 timed steps;
   sample batch 8, 3 timed loops), each of `GPU_KERNELS`. `dry_run` takes the same path on a CPU: `tiny` at 64
   and 32 px, kernel xla, train batch 8, 2 / 1 timed steps, 2 sampling steps. Empty `sizes` / `kernels`: those."""
   sizes = [int(s) for s in sizes or ((64, 32) if dry_run else (512, 256))]
   train_batch = {size: 8 if dry_run else (32 if size >= 512 else 64) for size in sizes}
   runs = plan(sizes, kernels or (("xla",) if dry_run else GPU_KERNELS), modes, remat_policies, train_batch,
-              sample_batch=8)
+              sample_batch=8, cache_variants=cache_variants)
   if dry_run:
     return Suite(runs, "tiny", {"train": 2, "sample": 1}, ("--config.sample.num_steps=2", "--warmup=1"))
   return Suite(runs, "default", {"train": 10, "sample": 3}, ())
@@ -82,6 +89,7 @@ def command(run: Run, *, preset: str, steps: dict[str, int], json_path: pathlib.
           f"--mode={run.mode}", f"--height={run.size}", f"--width={run.size}", f"--batch_size={run.batch_size}",
           f"--steps={steps[run.mode]}", f"--json={json_path}", f"--config.model.attention={run.kernel}",
           *([f"--config.model.remat_policy={run.remat_policy}"] if run.remat_policy else []),
+          *(f"--{name}_cache" for name in run.caches),
           "--config.model.compute_dtype=bfloat16", "--config.text.compute_dtype=bfloat16",
           "--config.dino.compute_dtype=bfloat16", *overrides]
 

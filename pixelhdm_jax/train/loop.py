@@ -26,6 +26,8 @@ from tqdm import tqdm
 from pixelhdm_jax import parallel, storage
 from pixelhdm_jax.config import validate
 from pixelhdm_jax.data.pipeline import build_train_loader
+from pixelhdm_jax.data.sources import build_source
+from pixelhdm_jax.encoders import caption_cache, teacher_features
 from pixelhdm_jax.losses import repa_active
 from pixelhdm_jax.perf import flops
 from pixelhdm_jax.train.checkpoint import RunCheckpoints, remove_unfinished_saves
@@ -112,8 +114,7 @@ def _train(config, workdir, mesh, rules, strict_resume) -> dict[str, float]:
   if jax.process_index() == 0:
     remove_unfinished_saves(workdir / "checkpoints")
   checkpoints = RunCheckpoints(workdir / "checkpoints", keep=config.train.keep_checkpoints)
-  loader = build_train_loader(config, trainer.text_encoder.tokenizer, process_index=jax.process_index(),
-                              process_count=jax.process_count())
+  loader = _loader(trainer)
   latest = checkpoints.latest_step()
   if latest is None:
     init_rng, rng = jax.random.split(jax.random.key(config.seed))
@@ -129,8 +130,7 @@ def _train(config, workdir, mesh, rules, strict_resume) -> dict[str, float]:
     if not checkpoints.restore_data(latest, loader):
       # Batches are a pure function of the step, so the loader can restart exactly where the run stopped.
       logging.warning("rebuilding the data loader at batch %d (other worker or process count)", int(state.step))
-      loader = build_train_loader(config, trainer.text_encoder.tokenizer, process_index=jax.process_index(),
-                                  process_count=jax.process_count(), start_step=int(state.step))
+      loader = _loader(trainer, start_step=int(state.step))
     logging.info("resumed from %s at step %d", checkpoints.directory / str(latest), latest)
   writer = MetricWriter(workdir, start_step=latest or 0)
   aborted = False
@@ -145,6 +145,27 @@ def _train(config, workdir, mesh, rules, strict_resume) -> dict[str, float]:
       checkpoints.wait()
       checkpoints.close()
       writer.close()
+
+
+def _loader(trainer, start_step: int = 0):
+  """This process's batch iterator: tokenised captions, or with `text.cache=True` their cached encodings; with
+  `dino.cache=True` (and REPA, centre crops, no flips) the images' cached DINOv3 features. A cache made with other
+  settings is a ConfigError naming the one that differs."""
+  config = trainer.config
+  tokenizer, text, teacher = None, None, None
+  if trainer.text_encoder is None:
+    text = caption_cache.cache_settings(config, build_source(config.data))
+  else:
+    tokenizer = trainer.text_encoder.tokenizer
+  d = config.data
+  if config.dino.cache and trainer.has_teacher:
+    if d.random_crop or d.random_flip:
+      logging.info("dino.cache: data.random_crop=%s / random_flip=%s change the images every step, so the REPA "
+                   "targets come from the live teacher", d.random_crop, d.random_flip)
+    else:
+      teacher = teacher_features.cache_settings(config, build_source(d))
+  return build_train_loader(config, tokenizer, process_index=jax.process_index(), process_count=jax.process_count(),
+                            start_step=start_step, text_cache_settings=text, teacher_cache_settings=teacher)
 
 
 def _run(trainer, state, rng, loader, checkpoints, writer, preemption, workdir) -> dict[str, float]:

@@ -57,7 +57,7 @@ class PeriodicEvaluation:
     """The scores of step `step`'s EMA weights, also written to the workdir."""
     config, trainer = self.trainer.config, self.trainer
     if self.pipeline is None:
-      self.pipeline = Pipeline(config, state.ema, trainer.text_encoder, trainer.frozen["text"], mesh=trainer.mesh)
+      self.pipeline = Pipeline(config, state.ema, *trainer.prompt_encoder(), mesh=trainer.mesh)
     prompts = None if self.reference.captions else list(config.train.sample_prompts)
     result = evaluate(self.pipeline, self.extractors, self.reference, config.train.eval_num_images,
                       config.train.sample_size, seed=config.seed, prompts=prompts, params=state.ema)

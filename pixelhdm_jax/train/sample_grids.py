@@ -33,8 +33,7 @@ class SampleGrids:
 
   def __call__(self, state, step: int) -> epath.Path:
     if self.pipeline is None:
-      self.pipeline = Pipeline(self.trainer.config, state.ema, self.trainer.text_encoder, self.trainer.frozen["text"],
-                               mesh=self.trainer.mesh)
+      self.pipeline = Pipeline(self.trainer.config, state.ema, *self.trainer.prompt_encoder(), mesh=self.trainer.mesh)
     images = self.pipeline.generate(self.request, params=state.ema)
     path = self.directory / f"step_{step:08d}.png"
     if jax.process_index() == 0:

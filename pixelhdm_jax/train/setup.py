@@ -1,10 +1,10 @@
 """Everything a training run needs before its first step, shared by the loop, the benchmark and tests.
 
 `build_trainer(config, mesh, rules)` builds the frozen encoders (their weights placed sharded, in the compute
-dtype), the networks, the state shardings and the jitted train steps (REPA on and off); call it inside
-`jax.set_mesh(mesh)` and `nn.logical_axis_rules(rules)`. With `with_encoder_params=False` nothing is allocated:
-the encoder weights are shapes only, for ahead-of-time compiles (`pixelhdm_jax/perf/aot.py`) on devices that may not
-exist here.
+dtype; no text encoder with `text.cache=True`, whose batches hold the encodings), the networks, the state
+shardings and the jitted train steps (REPA on and off); call it inside `jax.set_mesh(mesh)` and
+`nn.logical_axis_rules(rules)`. With `with_encoder_params=False` nothing is allocated: the encoder weights are shapes
+only, for ahead-of-time compiles (`pixelhdm_jax/perf/aot.py`) on devices that may not exist here.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pixelhdm_jax.train.state import (
   replicated,
   state_shardings,
 )
-from pixelhdm_jax.train.step import BATCH_KEYS, jit_train_step
+from pixelhdm_jax.train.step import TEACHER_FEATURES, batch_keys, jit_train_step
 
 
 class Trainer(NamedTuple):
@@ -41,7 +41,7 @@ class Trainer(NamedTuple):
   mesh: Mesh
   rules: parallel.Rules
   networks: Networks
-  text_encoder: TextEncoder
+  text_encoder: TextEncoder | None  # None with text.cache=True: the step reads cached encodings
   teacher: DinoTeacher | None  # None when REPA is off for the whole run (loss.repa_lambda = 0)
   # The frozen encoder weights {"text", "dino"}, placed once in their compute dtype (ShapeDtypeStructs when built
   # without encoder params): the second argument of every step, never donated, never checkpointed.
@@ -69,7 +69,16 @@ class Trainer(NamedTuple):
 
   def global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """This process's slice of a batch (host arrays) -> the train step's global sharded batch."""
-    return parallel.global_batch({key: local_batch[key] for key in BATCH_KEYS}, self.mesh, self.rules)
+    keys = batch_keys(self.text_encoder is None) + ((TEACHER_FEATURES,) if TEACHER_FEATURES in local_batch else ())
+    return parallel.global_batch({key: local_batch[key] for key in keys}, self.mesh, self.rules)
+
+  def prompt_encoder(self) -> tuple[TextEncoder, Any]:
+    """The text encoder and its placed weights for prompts (sample grids, evaluations): the step's, or with
+    `text.cache=True` one built and placed now (the caller keeps it)."""
+    if self.text_encoder is not None:
+      return self.text_encoder, self.frozen["text"]
+    encoder, host_params = build_text_encoder(self.config)
+    return encoder, place_frozen(encoder, host_params, self.mesh, self.rules)
 
 
 REPLICATED_WARNING = 0.01  # share of the parameter bytes a sharded run may replicate without a warning
@@ -98,9 +107,11 @@ def log_param_sharding(trainer: Trainer) -> float:
 def build_trainer(config: ml_collections.ConfigDict, mesh: Mesh, rules: parallel.Rules, *,
                   with_encoder_params: bool = True) -> Trainer:
   """The `Trainer` of `config` on `mesh` (see the module docstring)."""
-  text_encoder, text_params = build_text_encoder(config, with_params=with_encoder_params)
-  # The host params are placed (or replaced by their shapes) here and dropped: nothing keeps a host copy.
-  frozen = {"text": place_frozen(text_encoder, text_params, mesh, rules)}
+  text_encoder, frozen = None, {}
+  if not config.text.cache:
+    text_encoder, text_params = build_text_encoder(config, with_params=with_encoder_params)
+    # The host params are placed (or replaced by their shapes) here and dropped: nothing keeps a host copy.
+    frozen["text"] = place_frozen(text_encoder, text_params, mesh, rules)
   teacher = None
   if config.loss.repa_lambda > 0:
     teacher, dino_params = build_dino_teacher(config, with_params=with_encoder_params)

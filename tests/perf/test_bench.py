@@ -46,13 +46,33 @@ def _check_common(result, tmp_path):
   assert "| " + result["mode"] + " | 32x32 | 8 |" in bench.table([result])
 
 
-def test_train_benchmark(tmp_path):
-  config = tiny_config()
-  result = bench.run(config, mode="train", height=SIZE, width=SIZE, batch_size=BATCH, steps=2, warmup=1)
+@pytest.fixture(scope="module")
+def live_train():
+  return bench.run(tiny_config(), mode="train", height=SIZE, width=SIZE, batch_size=BATCH, steps=2, warmup=1)
+
+
+def test_train_benchmark(live_train, tmp_path):
+  result = live_train
   _check_common(result, tmp_path)
   assert result["mode"] == "train" and result["repa"] and len(result["step_times_s"]) == 2
-  assert result["model_flops_per_step"] == BATCH * flops.train_step_flops(config.model, SIZE, SIZE, 32)
+  assert result["model_flops_per_step"] == BATCH * flops.train_step_flops(tiny_config().model, SIZE, SIZE, 32)
   assert result["memory_per_device"]["alias_bytes"] > 0  # the state is donated: outputs are written over it
+  assert result["flops_per_image"] * BATCH == result["model_flops_per_step"] + result["encoder_flops_per_step"]
+
+
+@pytest.mark.slow
+def test_cached_encoders_leave_their_flops_and_weights_out_of_the_step(live_train):
+  """--text_cache --teacher_cache: the same network FLOPs, no encoder FLOPs, and a program without Qwen3's weights
+  among its arguments (DINOv3's stay: the REPA-off program of a run shares them). A program of its own: 16 s."""
+  cached = bench.run(tiny_config(), mode="train", height=SIZE, width=SIZE, batch_size=BATCH, steps=1, warmup=0,
+                     text_cache=True, teacher_cache=True)
+  assert cached["text_cache"] and cached["teacher_cache"] and cached["encoder_flops_per_step"] == 0
+  assert cached["model_flops_per_step"] == live_train["model_flops_per_step"]
+  assert cached["flops_per_image"] * BATCH == live_train["model_flops_per_step"]
+  arguments = lambda result: result["memory_per_device"]["argument_bytes"]
+  assert arguments(cached) < arguments(live_train)
+  with pytest.raises(ValueError, match="time the train step: use --mode=train"):
+    bench.run(tiny_config(), mode="sample", height=SIZE, width=SIZE, batch_size=BATCH, text_cache=True)
 
 
 def test_sample_benchmark(tmp_path):

@@ -18,6 +18,16 @@ def test_plan_orders_runs_by_priority():
   assert runs[-1].name == "sample_256_pallas_gpu_b8" and runs[1].name == "train_512_cudnn_dots_b32"
 
 
+def test_cache_variants_follow_each_live_train_run():
+  runs = bench_suite.plan([512], ["cudnn"], ["train", "sample"], [], {512: 32}, sample_batch=8,
+                          cache_variants=[("text",), ("text", "teacher")])
+  assert [r.name for r in runs] == ["train_512_cudnn_b32", "train_512_cudnn_cached_text_b32",
+                                    "train_512_cudnn_cached_text_teacher_b32", "sample_512_cudnn_b8"]
+  flags = lambda run: {arg for arg in bench_suite.command(run, preset="default", steps={"train": 10, "sample": 3},
+                                                         json_path=pathlib.Path("r.json")) if arg.endswith("_cache")}
+  assert [flags(run) for run in runs] == [set(), {"--text_cache"}, {"--text_cache", "--teacher_cache"}, set()]
+
+
 def test_budget_skips_what_cannot_fit(tmp_path):
   runs = bench_suite.plan([32], ["xla"], ["train"], ["none"], {32: 8}, sample_batch=8)
   records = bench_suite.run_all(runs, preset="tiny", steps={"train": 1}, output_dir=tmp_path, budget_s=1,
