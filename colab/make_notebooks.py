@@ -40,8 +40,8 @@ the checkpoint and exports it."""),
     ("parameters", _REPO_PARAMETERS + """
 WORKDIR = "/content/pixelhdm_tiny"  # checkpoints, metrics.jsonl, tb/, samples/
 PRESET = "tiny"
-NUM_STEPS = 300
-IMAGE_SIZE = 64  # pixels per side, a multiple of 16
+NUM_STEPS = 3000  # the tiny preset shows its prompts after about 3,000 steps (docs/quality.md)
+IMAGE_SIZE = 32  # pixels per side, a multiple of 16 (the tiny preset trains at 32)
 IMAGES_PER_CHIP = 8
 SAMPLE_STEPS = 20  # solver steps of the sample grid"""),
     ("code", _SETUP),
@@ -83,7 +83,7 @@ CHECKPOINT = "/content/pixelhdm_tiny"  # a training workdir or an exported check
 EXPORT_DIR = "/content/pixelhdm_export"
 PROMPTS = ["a red circle on blue", "a yellow square on green"]  # the tiny run's caption wording
 NUM_IMAGES_PER_PROMPT = 2
-IMAGE_SIZE = 64
+IMAGE_SIZE = 32
 SAMPLE_STEPS = 30
 GUIDANCE_SCALE = 4.0
 SEED = 0"""),

@@ -17,7 +17,9 @@ def test_defaults():
   assert solvers.shift_for(config.sample, 512, 512) == 2.0 and solvers.shift_for(config.sample, 128, 128) == 0.5
   config.sample.update(time_shift_mode="fixed", time_shift=3.0)
   assert solvers.shift_for(config.sample, 512, 512) == 3.0
-  assert (config.flow.time_shift_mode, config.flow.time_shift) == ("fixed", 1.0)  # training: no shift
+  default = base.get_config("default").flow
+  assert (default.time_shift_mode, default.time_shift) == ("fixed", 1.0)  # training: no shift, as the original
+  assert (config.flow.time_shift_mode, config.flow.time_shift) == ("fixed", 3.0)  # tiny: more noisy times
 
 
 def test_unknown_training_shift_mode_is_named():
