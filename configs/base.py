@@ -170,7 +170,7 @@ def _data(preset: str) -> ml_collections.ConfigDict:
   return d
 
 
-def _sample() -> ml_collections.ConfigDict:
+def _sample(preset: str) -> ml_collections.ConfigDict:
   """Sampling: ODE solver, time grid and classifier-free guidance (`pixelhdm_jax/sample`; t = 0 is noise)."""
   s = ml_collections.ConfigDict()
   s.solver = "heun"  # euler | heun | dpmpp_2m | dpmpp_2s | ab2 (NFE of each: pixelhdm_jax/sample/solvers.py)
@@ -181,7 +181,9 @@ def _sample() -> ml_collections.ConfigDict:
   s.time_shift = 1.0  # s > 1 spends more steps near noise
   s.guidance_scale = 4.0  # w; 1 = no guidance (the unconditional pass is skipped)
   s.guidance_rescale = 0.0  # phi of rescaled CFG on v; 0 = off, 0.7 in Lin et al.
-  s.guidance_interval = (0.0, 1.0)  # guide for t in [lo, hi) only, the conditional velocity elsewhere
+  # guide for t in [lo, hi) only, the conditional velocity elsewhere. tiny: the noisiest 30% only, where the prompt
+  # sets the colours and layout; guiding the later steps too amplifies its pixel noise (docs/quality.md)
+  s.guidance_interval = (0.0, 0.3) if preset == "tiny" else (0.0, 1.0)
   s.guidance_schedule = "constant"  # constant | linear | cosine | quadratic: w from guidance_scale at t = 0 ...
   s.guidance_min_scale = 1.0  # ... to guidance_min_scale at t = 1
   return s
@@ -304,7 +306,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.data = _data(preset)
   config.loss = _loss()
   config.optim = _optim(preset)
-  config.sample = _sample()
+  config.sample = _sample(preset)
   config.evaluation = _evaluation(preset)
   config.mesh = _mesh()
   return config

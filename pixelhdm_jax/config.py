@@ -14,7 +14,6 @@ from pixelhdm_jax import flow
 from pixelhdm_jax.data import order as data_order
 from pixelhdm_jax.data import sources as data_sources
 from pixelhdm_jax.encoders import transformer as encoder_sources
-from pixelhdm_jax.encoders.dinov3 import DINOV3_VITB16
 from pixelhdm_jax.errors import ConfigError
 from pixelhdm_jax.evaluation.inception import RESIZES
 from pixelhdm_jax.kernels import attention as kernels
@@ -120,11 +119,6 @@ def _check_loss(config: ml_collections.ConfigDict) -> None:
            "(90 as the original)")
   _require(loss.freq_transform in BLOCK_TRANSFORMS,
            f"loss.freq_transform={loss.freq_transform!r} is unknown: choose one of {tuple(BLOCK_TRANSFORMS)}")
-  teacher_patch = DINOV3_VITB16.patch_size
-  _require(loss.repa_lambda == 0 or config.model.patch_size == teacher_patch,
-           f"model.patch_size={config.model.patch_size} with iREPA on: the DINOv3 teacher's patch tokens are "
-           f"{teacher_patch} px, so iREPA aligns {teacher_patch}-px patch tokens only: set "
-           f"model.patch_size={teacher_patch}, or loss.repa_lambda=0")
   _require(isinstance(loss.repa_early_stop, int) and loss.repa_early_stop >= 0,
            f"loss.repa_early_stop={loss.repa_early_stop!r} must be an optimizer step count >= 0 "
            "(set loss.repa_lambda=0 to switch REPA off)")

@@ -40,16 +40,6 @@ def test_model_errors(overrides, message):
     validate(config)
 
 
-def test_repa_needs_the_teachers_patch_size():
-  config = base.get_config("tiny")
-  config.model.patch_size = 8
-  with pytest.raises(ConfigError, match=r"model.patch_size=8 with iREPA on: .* set model.patch_size=16, or "
-                                        r"loss.repa_lambda=0"):
-    validate(config)
-  config.loss.repa_lambda = 0.0
-  validate(config)
-
-
 def test_text_length_over_mrope_table():
   config = base.get_config("default")
   config.text.max_length = 600

@@ -49,6 +49,15 @@ class DinoTeacher:
     """Param shapes with their logical axes, for `parallel.place_params`."""
     return abstract_params(self.module)
 
+  def check_repa_grid(self, patch_size: int) -> None:
+    """iREPA aligns each patch token with the teacher's token of the same pixels: ConfigError unless the network's
+    `model.patch_size` is the teacher's patch (inference and conversions do not need this)."""
+    teacher_patch = self.module.arch.patch_size
+    if patch_size != teacher_patch:
+      raise ConfigError(f"model.patch_size={patch_size} with iREPA on: the DINOv3 teacher's patch tokens are "
+                        f"{teacher_patch} px, so iREPA aligns {teacher_patch}-px patch tokens only: set "
+                        f"model.patch_size={teacher_patch}, or loss.repa_lambda=0")
+
 
 def build_dino_teacher(config: ml_collections.ConfigDict, *,
                        with_params: bool = True) -> tuple[DinoTeacher, Any | None]:

@@ -79,7 +79,8 @@ def evaluate(pipeline: Pipeline, extractors: Extractors, reference: Reference, n
   result = scores(reference, features)
   s = pipeline.config.sample
   settings = {"solver": s.solver, "num_steps": s.num_steps, "guidance_scale": s.guidance_scale,
-              "time_shift_mode": s.time_shift_mode}
+              "guidance_interval": list(s.guidance_interval), "time_shift_mode": s.time_shift_mode,
+              "time_shift": s.time_shift}
   return {**result, "num_images": num_images, "image_size": size, "seed": seed,
           "prompts": "dataset captions" if prompts is None else "prompt file",
           "inception_weights": extractors.info.inception_weights,

@@ -200,7 +200,8 @@ def _sample(workdir: epath.Path, captions: list[str], size: int, sample_steps: i
   images = pipeline.generate(request, progress=True)
   s = pipeline.config.sample
   return images, {"solver": s.solver, "sample_steps": s.num_steps, "guidance_scale": s.guidance_scale,
-                  "seed": seed, "sample_seconds": round(time.perf_counter() - started, 1)}
+                  "guidance_interval": list(s.guidance_interval), "seed": seed,
+                  "sample_seconds": round(time.perf_counter() - started, 1)}
 
 
 def _save(image: Image.Image, path: epath.Path) -> epath.Path:

@@ -115,6 +115,7 @@ def build_trainer(config: ml_collections.ConfigDict, mesh: Mesh, rules: parallel
   teacher = None
   if config.loss.repa_lambda > 0:
     teacher, dino_params = build_dino_teacher(config, with_params=with_encoder_params)
+    teacher.check_repa_grid(config.model.patch_size)
     frozen["dino"] = place_frozen(teacher, dino_params, mesh, rules)
   frozen_shardings = jax.tree.map(lambda x: x.sharding, frozen)
   model = PixelHDM.from_config(config.model)

@@ -33,10 +33,11 @@ def test_shapes_prints_one_json_line_and_writes_the_grid(tmp_path):
   assert {"background_accuracy", "colour_accuracy", "shape_iou", "shape_recognized", "patch_grid_score", "per_shape",
           "train_seconds", "sample_seconds", "final_loss", "command"} <= set(report)
   assert (report["benchmark"], report["prompts"], report["train_steps"], report["sample_steps"]) == ("shapes", 3, 2, 1)
-  assert (report["solver"], report["guidance_scale"], report["image_size"]) == ("heun", 4.0, 64)  # the tiny preset
+  assert (report["solver"], report["guidance_scale"], report["guidance_interval"], report["image_size"]) == (
+      "heun", 4.0, [0.0, 0.3], 32)  # the tiny preset
   assert sum(shape["prompts"] for shape in report["per_shape"].values()) == 3
   assert all(0.0 <= report[key] <= 1.0 for key in ("background_accuracy", "colour_accuracy", "shape_iou"))
-  assert Image.open(report["grid"]).size == (7 * 64, 64)  # 7 per row, as the 7 backgrounds of a full run
+  assert Image.open(report["grid"]).size == (7 * 32, 32)  # 7 per row, as the 7 backgrounds of a full run
   scores = json.loads((tmp_path / "out" / "shapes_scores.json").read_text())
   assert [row["caption"].split(" ")[0] for row in scores] == ["a"] * 3
 

@@ -11,7 +11,8 @@ from pixelhdm_jax.sample import guidance, solvers
 def test_defaults():
   config = config_lib.validate(base.get_config("tiny"))
   assert (config.sample.solver, config.sample.num_steps, config.sample.guidance_scale) == ("heun", 50, 4.0)
-  assert guidance.Guidance.from_config(config.sample) == guidance.Guidance(scale=4.0)
+  assert guidance.Guidance.from_config(base.get_config("default").sample) == guidance.Guidance(scale=4.0)
+  assert guidance.Guidance.from_config(config.sample) == guidance.Guidance(scale=4.0, interval=(0.0, 0.3))
   assert solvers.shift_for(config.sample, 512, 512) == 1.0  # the original's uniform grid
   config.sample.update(time_shift_mode="resolution")
   assert solvers.shift_for(config.sample, 512, 512) == 2.0 and solvers.shift_for(config.sample, 128, 128) == 0.5

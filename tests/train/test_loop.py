@@ -15,6 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from pixelhdm_jax.errors import ConfigError
 from pixelhdm_jax.train.checkpoint import RunCheckpoints, remove_unfinished_saves
 from pixelhdm_jax.train.loop import train_and_evaluate
 from pixelhdm_jax.weights.inference import CheckpointError
@@ -337,3 +338,13 @@ def test_resume_with_another_worker_count_continues_exactly(straight_and_resumed
   assert "rebuilding the data loader at batch 3" in caplog.text
   losses = {m["step"]: m["loss"] for m in _metrics(straight)}
   assert {m["step"]: m["loss"] for m in _metrics(tmp_path)} == losses
+
+
+def test_repa_with_another_patch_size_stops_before_training(tmp_path):
+  config = tiny_run_config(num_steps=2)
+  config.model.patch_size = 8
+  config.data.update(min_resolution=32, max_resolution=32)
+  with pytest.raises(ConfigError, match=r"model.patch_size=8 with iREPA on: the DINOv3 teacher's patch tokens are 16 "
+                                        r"px, .* set model.patch_size=16, or loss.repa_lambda=0"):
+    train_and_evaluate(config, tmp_path)
+  assert not (tmp_path / "checkpoints").exists()
