@@ -115,6 +115,22 @@ def score_shape_image(image: np.ndarray, caption: str) -> dict[str, float]:
   }
 
 
+def background_at_noise(estimates: np.ndarray, captions: list[str]) -> dict[str, float]:
+  """Does the prompt reach the network where only the prompt can tell the colours? `estimates` (N, H, W, 3), RGB
+  0..255, are its one-step guesses of E[x | caption] from pure noise (x_hat at t = 0).
+
+  background_error_at_noise: the mean RGB distance between each border's mean colour and the named background
+  (0 for a network that follows the prompt; one that ignores it predicts the mean of all backgrounds, 148 away
+  on the benchmark's captions). border_noise_at_noise: the border pixels' standard deviation, the input noise
+  that the network failed to cancel (0 for a flat guess).
+  """
+  mask = border_mask(estimates.shape[2], estimates.shape[1])
+  border = estimates[:, mask].astype(np.float64)  # (N, P, 3)
+  named = np.asarray([COLOURS[parse_caption(caption)[2]] for caption in captions], np.float64)
+  return {"background_error_at_noise": float(np.linalg.norm(border.mean(axis=1) - named, axis=-1).mean()),
+          "border_noise_at_noise": float(border.std(axis=1).mean())}
+
+
 def mean_squared_errors(samples: np.ndarray, photos: np.ndarray) -> np.ndarray:
   """(N, M): the mean squared pixel error (0..255 scale) of each of N samples to each of M photos."""
   a = samples.reshape(len(samples), -1).astype(np.float64)

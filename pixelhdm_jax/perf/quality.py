@@ -18,6 +18,8 @@ import json
 import pathlib
 import time
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from etils import epath
@@ -26,6 +28,7 @@ from PIL import Image
 from pixelhdm_jax import parallel
 from pixelhdm_jax.config import validate
 from pixelhdm_jax.data.buckets import buckets_from_config
+from pixelhdm_jax.data.images import to_uint8
 from pixelhdm_jax.data.prepare import prepare_folder
 from pixelhdm_jax.data.synthetic import SHAPES
 from pixelhdm_jax.errors import ConfigError
@@ -106,7 +109,8 @@ def shapes(config: ml_collections.ConfigDict, workdir: epath.Path, output: epath
   config = _run_config(config, train_steps or config.train.num_steps)
   size = config.train.sample_size
   trained = _train(config, workdir / "train")
-  images, sampled = _sample(workdir / "train", captions, size, sample_steps, seed)
+  images, sampled, pipeline = _sample(workdir / "train", captions, size, sample_steps, seed)
+  at_noise = learning_scores.background_at_noise(noise_estimates(pipeline, captions, size, seed), captions)
   scores = [learning_scores.score_shape_image(image, caption) for image, caption in zip(images, captions)]
   keys = list(scores[0])
   per_shape = {}
@@ -120,7 +124,8 @@ def shapes(config: ml_collections.ConfigDict, workdir: epath.Path, output: epath
   return {"benchmark": "shapes", "prompts": len(captions), "image_size": size, **trained, **sampled,
           "colour_distance": learning_scores.COLOUR_DISTANCE, **{k: _mean(s[k] for s in scores) for k in keys},
           "patch_grid_score": round(learning_scores.patch_grid_score(images, config.model.patch_size), 4),
-          "per_shape": per_shape, "grid": str(grid), "workdir": str(workdir)}
+          **{k: round(v, 1) for k, v in at_noise.items()}, "per_shape": per_shape, "grid": str(grid),
+          "workdir": str(workdir)}
 
 
 def memorize(config: ml_collections.ConfigDict, workdir: epath.Path, output: epath.Path, *, train_steps: int,
@@ -136,7 +141,7 @@ def memorize(config: ml_collections.ConfigDict, workdir: epath.Path, output: epa
                  validation_fraction=0.0)
   trained = _train(config, workdir / "train")
   captions = [photo.caption for photo in PHOTOS]
-  images, sampled = _sample(workdir / "train", captions, PHOTO_SIZE, sample_steps, seed)
+  images, sampled, _ = _sample(workdir / "train", captions, PHOTO_SIZE, sample_steps, seed)
   nearest = learning_scores.nearest_photo(images, photos)
   psnr = learning_scores.psnr(images, photos)
   patch = config.model.patch_size
@@ -190,9 +195,22 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
           "final_loss": round(metrics["loss"], 4)}
 
 
+def noise_estimates(pipeline: Pipeline, captions: list[str], size: int, seed: int) -> np.ndarray:
+  """The network's one-step guesses of E[x | caption] from pure noise, x_hat = z + v(z, t = 0), as uint8 RGB
+  (N, size, size, 3): at t = 0 nothing but the prompt can tell the colours."""
+  ids, mask = pipeline.text_encoder.tokenizer(captions)
+  noise = jax.random.normal(jax.random.key(seed), (len(captions), size, size, 3), jnp.float32)
+
+  def estimate(params, text_params, ids, mask, z):
+    text = pipeline.text_encoder.encode(text_params, ids, mask)
+    t = jnp.zeros((z.shape[0],), jnp.float32)
+    return to_uint8(z + pipeline.model.apply({"params": params}, z, t, text.hidden, text.mask, text.pooled).velocity)
+  return np.asarray(jax.jit(estimate)(pipeline.params, pipeline.text_params, ids, mask, noise))
+
+
 def _sample(workdir: epath.Path, captions: list[str], size: int, sample_steps: int | None,
-            seed: int) -> tuple[np.ndarray, dict]:
-  """uint8 images of `captions` from the run's EMA weights, and the settings and seconds."""
+            seed: int) -> tuple[np.ndarray, dict, Pipeline]:
+  """uint8 images of `captions` from the run's EMA weights, the settings and seconds, and the pipeline."""
   started = time.perf_counter()
   pipeline = Pipeline.from_checkpoint(pathlib.Path(workdir), mesh=parallel.data_parallel_mesh(),
                                       overrides={"sample.num_steps": sample_steps})
@@ -201,7 +219,7 @@ def _sample(workdir: epath.Path, captions: list[str], size: int, sample_steps: i
   s = pipeline.config.sample
   return images, {"solver": s.solver, "sample_steps": s.num_steps, "guidance_scale": s.guidance_scale,
                   "guidance_interval": list(s.guidance_interval), "seed": seed,
-                  "sample_seconds": round(time.perf_counter() - started, 1)}
+                  "sample_seconds": round(time.perf_counter() - started, 1)}, pipeline
 
 
 def _save(image: Image.Image, path: epath.Path) -> epath.Path:

@@ -116,3 +116,18 @@ def test_patch_grid_score_sees_seams_on_the_patch_grid_only():
 def test_patch_grid_score_needs_a_boundary():
   with pytest.raises(ValueError, match="no patch boundary"):
     learning_scores.patch_grid_score(np.zeros((1, 16, 16, 3), np.uint8), PATCH)
+
+
+def test_background_at_noise_is_zero_on_the_datasets_drawings_and_large_on_wrong_prompts():
+  images, captions = zip(*_drawn(40, (32, 32)))
+  images = np.stack(images)
+  right = learning_scores.background_at_noise(images, list(captions))
+  assert right == {"background_error_at_noise": 0.0, "border_noise_at_noise": 0.0}
+  names = list(COLOURS)
+  wrong = [f"{c} on {names[(names.index(b) + 1) % len(names)]}" for c, b in (caption.rsplit(" on ", 1)
+                                                                          for caption in captions)]
+  error = learning_scores.background_at_noise(images, wrong)["background_error_at_noise"]
+  assert error > 2 * learning_scores.COLOUR_DISTANCE
+  noisy = np.clip(images + np.random.default_rng(0).normal(0, 20, images.shape), 0, 255)
+  scores = learning_scores.background_at_noise(noisy, list(captions))
+  assert 15 < scores["border_noise_at_noise"] < 20 and scores["background_error_at_noise"] < 5

@@ -31,7 +31,8 @@ def test_shapes_prints_one_json_line_and_writes_the_grid(tmp_path):
   [line] = result.stdout.splitlines()
   report = json.loads(line)
   assert {"background_accuracy", "colour_accuracy", "shape_iou", "shape_recognized", "patch_grid_score", "per_shape",
-          "train_seconds", "sample_seconds", "final_loss", "command"} <= set(report)
+          "train_seconds", "sample_seconds", "final_loss", "command", "background_error_at_noise",
+          "border_noise_at_noise"} <= set(report)
   assert (report["benchmark"], report["prompts"], report["train_steps"], report["sample_steps"]) == ("shapes", 3, 2, 1)
   assert (report["solver"], report["guidance_scale"], report["guidance_interval"], report["image_size"]) == (
       "heun", 4.0, [0.0, 0.3], 32)  # the tiny preset
