@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 from typing import Any, Iterator
@@ -46,15 +47,27 @@ def _drop_closed_loop_callbacks(previous):
   return hook
 
 
+class _DropOrphanedReadErrors(logging.Filter):
+  """Drops asyncio's 'Task exception was never retrieved' reports: the other array reads that failed with the
+  first one, whose tasks nobody awaits once the restore has raised."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Task exception was never retrieved")
+
+
 @contextlib.contextmanager
 def quiet_failed_restore() -> Iterator[None]:
   """Around an Orbax restore: when one array fails to read, the reads still in flight finish into the restore's
-  closed asyncio loop, each printing an 'Event loop is closed' traceback (hundreds of lines that bury the real
-  error). Those alone are dropped, for the rest of the process once a restore failed (they arrive late)."""
+  closed asyncio loop ('Event loop is closed') or fail unawaited ('Task exception was never retrieved'), each
+  printing a traceback (hundreds of lines that bury the real error). Those alone are dropped, for the rest of
+  the process once a restore failed (they arrive late, when the tasks are collected)."""
   previous = sys.unraisablehook
   sys.unraisablehook = _drop_closed_loop_callbacks(previous)
-  yield
+  orphans = _DropOrphanedReadErrors()
+  logging.getLogger("asyncio").addFilter(orphans)
+  yield  # a failed restore raises here and leaves both in place
   sys.unraisablehook = previous
+  logging.getLogger("asyncio").removeFilter(orphans)
 
 
 # Config fields renamed after checkpoints were written with the old name: old -> new (`sample.sampler` was the

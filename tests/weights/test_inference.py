@@ -1,15 +1,19 @@
 """Inference checkpoints: what `load_for_inference` reads back, including configs written before a rename."""
 
+import asyncio
+import gc
 import json
+import logging
 
 import flax.linen as nn
 import jax
 import numpy as np
+import pytest
 
 from configs import base
 from pixelhdm_jax.config import validate
 from pixelhdm_jax.models.pixelhdm import PixelHDM, abstract_params
-from pixelhdm_jax.weights.inference import load_for_inference, save_for_inference
+from pixelhdm_jax.weights.inference import load_for_inference, quiet_failed_restore, save_for_inference
 
 
 def test_configs_of_older_checkpoints_load_under_the_new_names(tmp_path):
@@ -29,3 +33,31 @@ def test_configs_of_older_checkpoints_load_under_the_new_names(tmp_path):
   assert "sampler" not in loaded.sample and "sampler" not in loaded.data
   assert loaded.train.eval_every == 0 and validate(loaded) is loaded  # no evaluation, as when it was written
   jax.tree.map(np.testing.assert_array_equal, weights, params)
+
+
+def _orphan_a_failed_read() -> None:
+  """A read task that fails and that nobody awaits, collected after its loop closed (as Orbax leaves the other
+  reads of a restore whose first read failed)."""
+
+  async def read():
+    raise ValueError("OUT_OF_RANGE: Requested byte range is not valid")
+
+  loop = asyncio.new_event_loop()
+  task = loop.create_task(read())
+  loop.run_until_complete(asyncio.sleep(0))
+  loop.close()
+  del task
+  gc.collect()
+
+
+def test_a_failed_restore_silences_the_reads_nobody_awaited(caplog, monkeypatch):
+  monkeypatch.setattr(logging.getLogger("asyncio"), "filters", [])  # as in a fresh process
+  _orphan_a_failed_read()
+  assert "Task exception was never retrieved" in caplog.text  # asyncio reports it, with a traceback
+  caplog.clear()
+  with pytest.raises(ValueError), quiet_failed_restore():
+    raise ValueError("a restore failed")
+  _orphan_a_failed_read()
+  assert "never retrieved" not in caplog.text and "Traceback" not in caplog.text
+  logging.getLogger("asyncio").error("another asyncio error")
+  assert "another asyncio error" in caplog.text
