@@ -40,7 +40,7 @@ the checkpoint and exports it."""),
     ("parameters", _REPO_PARAMETERS + """
 WORKDIR = "/content/pixelhdm_tiny"  # checkpoints, metrics.jsonl, tb/, samples/
 PRESET = "tiny"
-NUM_STEPS = 3000  # the tiny preset shows its prompts after about 3,000 steps (docs/quality.md)
+NUM_STEPS = 6000  # the tiny preset's run: its samples show the prompts (docs/quality.md)
 IMAGE_SIZE = 32  # pixels per side, a multiple of 16 (the tiny preset trains at 32)
 IMAGES_PER_CHIP = 8
 SAMPLE_STEPS = 20  # solver steps of the sample grid"""),

@@ -3,11 +3,11 @@ r"""Learning benchmarks on a laptop CPU: train the tiny preset, sample it, score
   python launch/bench_quality.py shapes --output=/tmp/quality
   python launch/bench_quality.py memorize --output=/tmp/quality   # photos from pip install -e ".[bench]"
 
-shapes: 300 steps on the synthetic shapes, then every caption (168; --num_prompts keeps a seeded subset)
-sampled and scored for background colour, shape colour and shape IoU. memorize: 1,500 steps on 8 photo crops,
-then each caption sampled and scored for recall (nearest photo, PSNR) and patch seams. PNG grids and per-prompt
-scores go to --output; the JSON line goes to stdout (progress and logs to stderr). Any config field can be
-overridden (`--config.optim.learning_rate=3e-4`). Definitions: pixelhdm_jax/perf/quality.py and
+shapes: the config's train.num_steps on the synthetic shapes, then every caption (168; --num_prompts keeps a
+seeded subset) sampled and scored for background colour, shape colour and shape IoU. memorize: 3,000 steps on 8
+photo crops, then each caption sampled and scored for recall (nearest photo, PSNR) and patch seams. PNG grids
+and per-prompt scores go to --output; the JSON line goes to stdout (progress and logs to stderr). Any config field
+can be overridden (`--config.optim.learning_rate=3e-4`). Definitions: pixelhdm_jax/perf/quality.py and
 pixelhdm_jax/evaluation/learning_scores.py.
 """
 
@@ -29,7 +29,7 @@ _OUTPUT = flags.DEFINE_string("output", None, "Folder that receives the grid PNG
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for the photos, dataset and training run (default: a new "
                                "temporary folder); it must not hold a training run already.")
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", None, "Training steps (default: shapes train.num_steps, "
-                                    "memorize 1500).")
+                                    "memorize 3000).")
 _SAMPLE_STEPS = flags.DEFINE_integer("sample_steps", None, "Solver steps (default: config.sample.num_steps).")
 _NUM_PROMPTS = flags.DEFINE_integer("num_prompts", None, "shapes: score a seeded subset of this many of the 168 "
                                     "captions (default: all).")

@@ -37,6 +37,7 @@ def require_torch():
 def tiny_run_config(**train_overrides):
   config = base.get_config("tiny")
   config.data.max_resolution = 32  # a single 32x32 bucket: one compiled program
+  config.optim.schedule = "constant"  # a few steps, some resumed to more: an lr that does not depend on num_steps
   config.train.update({"log_every": 1, "checkpoint_every": 3, "sample_prompts": (), "eval_every": 0,
                        **train_overrides})
   return config

@@ -21,7 +21,7 @@ from pixelhdm_jax import storage
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--config=configs/base.py:tiny", "--config.data.max_resolution=32", "--config.train.log_every=1",
-        "--config.train.eval_every=0", "--config.train.sample_prompts=()"]
+        "--config.train.eval_every=0", "--config.train.sample_prompts=()", "--config.optim.schedule=constant"]
 
 
 def _launch(script: str, *flags: str, env: dict) -> subprocess.Popen:

@@ -39,7 +39,7 @@ from pixelhdm_jax.sample.request import SampleRequest
 from pixelhdm_jax.train.loop import train_and_evaluate
 
 BENCHMARKS = ("shapes", "memorize")
-MEMORIZE_STEPS = 1500
+MEMORIZE_STEPS = 3000
 PHOTO_SIZE = 64
 SAMPLE_BATCH = 24  # images per compiled sampling call (168 = 7 batches)
 PROMPT_SUBSET_SEED = 0  # which captions a --num_prompts subset keeps

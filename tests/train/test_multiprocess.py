@@ -31,6 +31,7 @@ def _start(workdir, num_steps, *extra):
                             f"--workdir={workdir}", "--config.data.max_resolution=32",
                             f"--config.train.num_steps={num_steps}", "--config.train.checkpoint_every=100000",
                             "--config.train.log_every=1", "--config.train.sample_prompts=()",
+                            "--config.optim.schedule=constant",
                             f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}",
                             *extra], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
           for i in range(2)]
