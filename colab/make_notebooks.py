@@ -61,7 +61,8 @@ config = colab.runtime_config(base.get_config(PRESET), num_steps=NUM_STEPS, imag
 print(config.train)"""),
     ("markdown", """\
 ## Train
-Running this cell again with a larger `NUM_STEPS` resumes from the latest checkpoint in `WORKDIR`."""),
+Running this cell again with a larger `NUM_STEPS` resumes from the latest checkpoint in `WORKDIR` (the
+learning-rate schedule is then the preset's over the new `NUM_STEPS`)."""),
     ("code", """\
 last = train_and_evaluate(config, WORKDIR)
 print({k: round(v, 4) for k, v in last.items()})"""),

@@ -41,11 +41,14 @@ def runtime_config(base: ml_collections.ConfigDict, *, num_steps: int, image_siz
   Square `image_size` images (one bucket, one compiled step), `images_per_chip` x chips per batch, the fsdp
   mesh axis over all chips, logs every step for short runs, one checkpoint and one sample grid (with
   `sample_steps` solver steps) at the end; no evaluation (`launch/evaluate.py` scores a workdir afterwards).
+  A run shorter than the preset's warm-up warms up for all but its last step, so that its schedule still ends
+  at `optim.min_lr` (the notebook has no other place to change it).
   """
   config = copy.deepcopy(base)
   config.data.min_resolution = config.data.max_resolution = image_size
   config.train.batch_size = images_per_chip * jax.device_count()
   config.train.num_steps = num_steps
+  config.optim.warmup_steps = min(config.optim.warmup_steps, max(num_steps - 1, 0))
   config.train.log_every = max(1, num_steps // 100)
   config.train.checkpoint_every = num_steps
   config.train.sample_every = 0

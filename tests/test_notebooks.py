@@ -4,8 +4,13 @@ import importlib.util
 import pathlib
 
 import nbformat
+import numpy as np
 import pytest
 from nbclient import NotebookClient
+
+from configs import base
+from pixelhdm_jax import colab
+from pixelhdm_jax.optim import schedules
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 COLAB = REPO / "colab"
@@ -66,3 +71,12 @@ def test_train_then_sample_and_export(tmp_path):
   assert "step 2: (2, 32, 32, 3)" in text
   assert images == 1
   assert sorted(p.name for p in export.iterdir()) == ["2", "config.json", "model.safetensors"]
+
+
+@pytest.mark.parametrize("num_steps", [1, 3, 6000])
+def test_a_run_shorter_than_the_warm_up_still_decays_to_the_floor(num_steps):
+  config = colab.runtime_config(base.get_config("tiny"), num_steps=num_steps, image_size=32, images_per_chip=1,
+                                sample_steps=2)  # validated: the preset's 10 warm-up steps alone would not be
+  assert config.optim.warmup_steps == min(base.get_config("tiny").optim.warmup_steps, num_steps - 1)
+  lr = schedules.from_config(config)
+  np.testing.assert_allclose(float(lr(num_steps)), config.optim.min_lr, rtol=1e-5)

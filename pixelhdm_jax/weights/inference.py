@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from typing import Any, Iterator
 
 import jax
@@ -48,11 +49,18 @@ def _drop_closed_loop_callbacks(previous):
 
 
 class _DropOrphanedReadErrors(logging.Filter):
-  """Drops asyncio's 'Task exception was never retrieved' reports: the other array reads that failed with the
-  first one, whose tasks nobody awaits once the restore has raised."""
+  """Drops asyncio's '... exception was never retrieved' reports of exceptions raised inside Orbax: the other array
+  reads that failed with the first one, whose tasks nobody awaits once the restore has raised."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith("Task exception was never retrieved")
+    message = record.getMessage()
+    if not (message.startswith(("Task exception was never retrieved", "Future exception was never retrieved"))
+            and record.exc_info and record.exc_info[2]):
+      return True
+    return not any("orbax" in frame.filename for frame in traceback.extract_tb(record.exc_info[2]))
+
+
+_ORPHANED_READS = _DropOrphanedReadErrors()
 
 
 @contextlib.contextmanager
@@ -62,12 +70,14 @@ def quiet_failed_restore() -> Iterator[None]:
   printing a traceback (hundreds of lines that bury the real error). Those alone are dropped, for the rest of
   the process once a restore failed (they arrive late, when the tasks are collected)."""
   previous = sys.unraisablehook
+  asyncio_logger = logging.getLogger("asyncio")
+  kept = _ORPHANED_READS in asyncio_logger.filters  # from an earlier failed restore
   sys.unraisablehook = _drop_closed_loop_callbacks(previous)
-  orphans = _DropOrphanedReadErrors()
-  logging.getLogger("asyncio").addFilter(orphans)
+  asyncio_logger.addFilter(_ORPHANED_READS)
   yield  # a failed restore raises here and leaves both in place
   sys.unraisablehook = previous
-  logging.getLogger("asyncio").removeFilter(orphans)
+  if not kept:
+    asyncio_logger.removeFilter(_ORPHANED_READS)
 
 
 # Config fields renamed after checkpoints were written with the old name: old -> new (`sample.sampler` was the

@@ -19,7 +19,7 @@ from tests.helpers import global_norm
 
 def _config(**optim):
   config = base.get_config("tiny")
-  config.optim.update(warmup_steps=0, **optim)
+  config.optim.update({"schedule": "constant", "warmup_steps": 0, **optim})  # the lr of optax.adamw(learning_rate)
   return config_lib.validate(config)
 
 
