@@ -9,9 +9,10 @@ Pick a preset in the config string and override any field on the command line:
 Presets (parameter counts of the PixelHDM network, pinned by tests/models/test_model_params.py):
   tiny     CPU: 64-wide, 2 patch + 2 pixel blocks, random tiny Qwen3 and DINOv3, synthetic 32x32 shapes,
            batch 8, 6,000 steps, lr 5e-3 with a cosine decay, training times shifted toward noise
-           (flow.time_shift=3): the settings with which its samples show the prompt (docs/quality.md). Needs no
-           download; under 3 minutes on a 2-core CPU VM (one compile, then ~40 steps/s); writes checkpoints/,
-           metrics.jsonl, tb/, samples/step_00006000.png and eval/step_00006000.json.
+           (flow.time_shift=3), no frequency loss: the settings with which its samples show the prompt
+           (docs/quality.md). Needs no download; under 3 minutes on a 2-core CPU VM (one compile, then ~40
+           steps/s); writes checkpoints/, metrics.jsonl, tb/, samples/step_00006000.png and
+           eval/step_00006000.json.
   small    44,731,507 (the original's 44,207,219 + a 1024 x 512 text projection): 512-wide, 8 + 1 blocks.
   default  356,364,355 parameters: the original's default (1024-wide, 16 + 4 blocks).
   large    677,535,267 (the original's 676,355,619 + a 1024 x 1152 text projection): 1152-wide, 26 + 4
@@ -202,10 +203,11 @@ def _evaluation(preset: str) -> ml_collections.ConfigDict:
   return e
 
 
-def _loss() -> ml_collections.ConfigDict:
+def _loss(preset: str) -> ml_collections.ConfigDict:
   """Loss weights (`pixelhdm_jax/losses.py`): V-MSE + freq + iREPA + gamma-L2, as the original's defaults."""
   loss = ml_collections.ConfigDict()
-  loss.freq_lambda = 1.0  # JPEG-weighted 8x8 DCT loss on the velocity; 0 = off
+  # JPEG-weighted 8x8 DCT loss on the velocity; 0 = off. tiny: off, its samples keep a speckle with it (docs/quality.md)
+  loss.freq_lambda = 0.0 if preset == "tiny" else 1.0
   loss.freq_quality = 90  # JPEG quality of the weight tables
   loss.freq_ycbcr = True  # BT.601 YCbCr (luma/chroma tables) instead of RGB (luma table on every channel)
   loss.freq_transform = "dct2"  # dct2 | original (the original's D X D block transform, for parity checks only)
@@ -304,7 +306,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.flow = _flow(preset)
   config.train = _train(preset)
   config.data = _data(preset)
-  config.loss = _loss()
+  config.loss = _loss(preset)
   config.optim = _optim(preset)
   config.sample = _sample(preset)
   config.evaluation = _evaluation(preset)

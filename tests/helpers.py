@@ -38,6 +38,7 @@ def tiny_run_config(**train_overrides):
   config = base.get_config("tiny")
   config.data.max_resolution = 32  # a single 32x32 bucket: one compiled program
   config.optim.schedule = "constant"  # a few steps, some resumed to more: an lr that does not depend on num_steps
+  config.loss.freq_lambda = 1.0  # the whole loss of the other presets (tiny trains without the frequency term)
   config.train.update({"log_every": 1, "checkpoint_every": 3, "sample_prompts": (), "eval_every": 0,
                        **train_overrides})
   return config
@@ -97,7 +98,7 @@ def hf_dinov3_config(**overrides):
 
 
 def original_config(spec):
-  """Our config (the tiny preset with the fixture's network: float32, no remat, xla attention)."""
+  """Our config (the tiny preset with the fixture's network: float32, no remat, xla attention; the original's loss)."""
   original = spec["config"]
   config = base.get_config("tiny")
   config.model.update(
@@ -108,6 +109,7 @@ def original_config(spec):
       mrope_split=(original["mrope_text_dim"], original["mrope_img_h_dim"], original["mrope_img_w_dim"]),
       mrope_theta=original["mrope_theta"], repa_align_layer=original["repa_align_layer"],
       text_dim=original["text_hidden_size"], compute_dtype="float32", remat_policy="none", attention="xla")
+  config.loss.freq_lambda = 1.0  # the original's loss (the tiny preset trains without the frequency term)
   return config
 
 

@@ -86,7 +86,7 @@ def _close(ours, theirs, rtol=1e-5):
 def test_losses_match_the_original_fixture(request, fixture):
   _, arrays = request.getfixturevalue(fixture)
   config = base.get_config("tiny")
-  config.loss.freq_transform = "original"
+  config.loss.update(freq_transform="original", freq_lambda=1.0)  # the original's transform and default weight
   v, x, noise = (jnp.asarray(arrays[k]) for k in ("out/v", "in/x_clean", "in/noise"))
   terms = losses.training_loss(config.loss, v_pred=v, x_clean=x, noise=noise, gamma_l2=arrays["out/gamma_l2"])
   _close(terms.velocity, arrays["loss/vloss"])
