@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pixelhdm_jax.models.layers import Dtype, RMSNorm, dense
+from pixelhdm_jax.models.layers import ChunkedDense, Dtype, RMSNorm, dense
 
 
 def chunk_bias(width: int, chunk_values: tuple[float, ...]):
@@ -57,15 +57,15 @@ class PixelwiseAdaLN(nn.Module):
     bias = PIXEL_ADALN_BIAS[self.form]
     self.cond_expand = dense(self.pixels_per_patch * self.pixel_dim, ("embed", "pixel_features"),
                              name="cond_expand", dtype=self.dtype)
-    self.param_gen = dense(len(bias) * self.pixel_dim, ("pixel_dim", "pixel_adaln"), name="param_gen",
-                           dtype=self.dtype, use_bias=True, bias_init=chunk_bias(self.pixel_dim, bias))
+    self.param_gen = ChunkedDense(len(bias) * self.pixel_dim, len(bias), ("pixel_dim", "pixel_adaln"),
+                                  name="param_gen", dtype=self.dtype, bias_init=chunk_bias(self.pixel_dim, bias))
     self.norm = RMSNorm(dtype=self.dtype, name="norm")
 
   def __call__(self, s_cond: jax.Array) -> tuple[jax.Array, ...]:
     """s_cond (B, L, D) -> six (pre) or four (post) (B, L, p^2, D_pix) modulations."""
     batch, length, _ = s_cond.shape
     cond = self.cond_expand(s_cond).reshape(batch, length, self.pixels_per_patch, self.pixel_dim)
-    return tuple(jnp.split(self.param_gen(nn.silu(cond)), len(PIXEL_ADALN_BIAS[self.form]), axis=-1))
+    return self.param_gen(nn.silu(cond))
 
   def modulate(self, x: jax.Array, gamma: jax.Array, beta: jax.Array) -> jax.Array:
     return (1 + gamma) * self.norm(x) + beta

@@ -21,13 +21,49 @@ COMPUTE_DTYPES = ("auto", "bfloat16", "float32")
 ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
 
 
+class Dense(nn.Dense):
+  """`nn.Dense` that merges the leading axes into one before its matmul (same parameters).
+
+  The gradient of a matmul that contracts over one axis is another plain matmul; over several (batch, sequence)
+  XLA:CPU first writes the activations' gradient transposed, which doubled the MLPs' backward
+  (docs/performance.md, the leaner step).
+  """
+
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    outputs = super().__call__(inputs.reshape(-1, inputs.shape[-1]))
+    return outputs.reshape(*inputs.shape[:-1], self.features)
+
+
 def dense(features: int, axes: tuple[str | None, str | None], *, name: str, dtype: Dtype,
           use_bias: bool = False, kernel_init: Initializer = xavier_uniform,
-          bias_init: Initializer = nn.initializers.zeros) -> nn.Dense:
+          bias_init: Initializer = nn.initializers.zeros) -> Dense:
   """A float32-parameter Dense layer computing in `dtype`, its kernel annotated `(in_axis, out_axis)`."""
-  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-                  kernel_init=nn.with_logical_partitioning(kernel_init, axes),
-                  bias_init=nn.with_logical_partitioning(bias_init, (axes[1],)), name=name)
+  return Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+               kernel_init=nn.with_logical_partitioning(kernel_init, axes),
+               bias_init=nn.with_logical_partitioning(bias_init, (axes[1],)), name=name)
+
+
+class ChunkedDense(nn.Module):
+  """A Dense layer (parameters `kernel`, `bias` as `nn.Dense`) returning its output as `chunks` equal parts, each
+  from its own matmul: slicing one wide per-pixel output copied every part, which took half of the pixel
+  AdaLN's time on XLA:CPU (docs/performance.md, the leaner step)."""
+  features: int
+  chunks: int
+  axes: tuple[str | None, str | None]
+  dtype: Dtype = jnp.float32
+  bias_init: Initializer = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array) -> tuple[jax.Array, ...]:
+    kernel = self.param("kernel", nn.with_logical_partitioning(xavier_uniform, self.axes),
+                        (inputs.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, (self.axes[1],)), (self.features,),
+                      jnp.float32)
+    inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    flat = inputs.reshape(-1, inputs.shape[-1])
+    width = self.features // self.chunks
+    return tuple((flat @ kernel[:, i * width:(i + 1) * width] + bias[i * width:(i + 1) * width]).reshape(
+        *inputs.shape[:-1], width) for i in range(self.chunks))
 
 
 class RMSNorm(nn.Module):

@@ -47,6 +47,28 @@ def _assert_matches_xla(kernel, q, k, v, mask, cotangent, atol=2e-5):
     np.testing.assert_allclose(grad, ref, atol=atol, rtol=1e-5, err_msg=f"d{name}")
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("heads", [(4, 2), (16, 4), (4, 4)], ids=["gqa_4_2", "gqa_16_4", "mha"])
+@pytest.mark.parametrize("lengths", [(6, 9, 14), None], ids=["text_padding", "no_mask"])
+def test_xla_kernel_equals_jax_dot_product_attention(dtype, heads, lengths):
+  """The heads-first `xla` kernel against JAX's own XLA attention: outputs at every row and gradients."""
+  q, k, v, mask, cotangent = _inputs(3, 14, *heads, 16, lengths, dtype=dtype)
+  def jax_attention(q, k, v):
+    return jax.nn.dot_product_attention(q, k, v, mask=None if mask is None else mask[:, None, None, :],
+                                        implementation="xla")
+  def ours(q, k, v):
+    return registry.xla_attention(q, k, v, None if mask is None else jnp.asarray(mask))
+  tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == jnp.float32 else {"atol": 2e-2, "rtol": 2e-2}
+  results = []
+  for fn in (ours, jax_attention):
+    loss = lambda q, k, v, fn=fn: jnp.sum((fn(q, k, v) * cotangent).astype(jnp.float32))
+    results.append((jax.jit(fn)(q, k, v), *jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)))
+  for name, got, want in zip(("out", "dq", "dk", "dv"), *results):
+    assert got.dtype == want.dtype == dtype, name
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), err_msg=name,
+                               **tolerance)
+
+
 @pytest.mark.parametrize("kernel", CPU_KERNELS)
 @pytest.mark.parametrize("lengths", [(6, 9, 14), None], ids=["text_padding", "no_mask"])
 def test_kernel_matches_xla(kernel, lengths):
