@@ -63,6 +63,8 @@ MISTAKES = [
     ("prepare_data", ["--images={missing}", "--output={new}"], "is not a folder"),
     ("bench", ["--config.model.hidden_dimm=8"], "did you mean --config.model.hidden_dim?"),
     ("bench_data", ["--config.data.sorce=folder"], "did you mean --config.data.source?"),
+    ("bench_vs_original", ["--codes=original"], "timing the original needs --original=PATH of its checkout"),
+    ("bench_vs_original", ["--codes=theirs"], "--codes=theirs: name original, ours or both"),
     ("bench_quality", ["colours", "--output={new}"], "name one benchmark: shapes or memorize"),
     ("compile", ["--config.trian.batch_size=8"], "did you mean --config.train.batch_size?"),
     ("compile", ["--topology=v7-x"], "unknown TPU topology 'v7-x'"),

@@ -1,6 +1,10 @@
 """`launch/bench_vs_original.py`: alternating timing, the JAX side on the tiny preset, the original's checkout."""
 
+import json
 import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -9,6 +13,7 @@ from pixelhdm_jax.errors import ConfigError
 from pixelhdm_jax.perf import versus_original
 
 ORIGINAL = os.environ.get("PIXELHDM_ORIGINAL")  # a checkout of the original repository, when there is one
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_the_codes_run_in_turn_and_each_number_is_a_median():
@@ -42,3 +47,19 @@ def test_both_codes_on_the_tiny_preset():
   medians = versus_original.alternate({"original": versus_original.original(ORIGINAL, config, inputs),
                                        "ours": versus_original.ours(config, inputs)}, repeats=1)
   assert set(medians["original"]) == set(medians["ours"]) == {"forward", "train_step"}
+
+
+def test_the_launcher_times_ours_alone_without_a_checkout(tmp_path):
+  """`--codes=ours`: no torch, no --original; the JSON has our medians, the program's settings and no ratio."""
+  output = tmp_path / "ours.json"
+  env = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}
+  done = subprocess.run([sys.executable, str(REPO / "launch" / "bench_vs_original.py"), "--codes=ours",
+                         "--config=configs/base.py:tiny", "--height=32", "--width=32", "--batch_size=1",
+                         "--text_len=4", "--repeats=1", f"--json={output}"],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.loads(output.read_text())
+  assert set(result["seconds"]) == {"ours"} and set(result["seconds"]["ours"]) == {"forward", "train_step"}
+  assert "speedup" not in result and "torch" not in result
+  assert result["scan_layers"] is True and result["remat_policy"] == "none"
+  assert "train_step: ours " in done.stdout
