@@ -29,7 +29,7 @@ _HEIGHT = flags.DEFINE_integer("height", 256, "Image height.")
 _WIDTH = flags.DEFINE_integer("width", 256, "Image width.")
 _BATCH = flags.DEFINE_integer("batch_size", 2, "Images per step.")
 _TEXT_LEN = flags.DEFINE_integer("text_len", 32, "Text tokens.")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed rounds (each runs both codes); the median is reported.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed rounds (each runs every code of --codes once); medians reported.")
 _JSON = flags.DEFINE_string("json", None, "Write the result as JSON to this file.")
 
 

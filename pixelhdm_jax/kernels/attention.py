@@ -7,10 +7,10 @@ only understand lengths or segment ids can express it. Rows of padded queries ar
 (xla and splash attend the valid keys there, as the original; pallas_gpu attends the padding): the model
 never reads them, and they get no gradient, since padded keys are masked for every valid query.
 
-Kernels: `xla` (plain XLA ops, any backend), `cudnn` (cuDNN flash attention through
-`jax.nn.dot_product_attention`, GPU, bf16/fp16), `pallas_gpu` (Pallas Triton flash attention), `splash`
-(Pallas TPU splash attention); the Pallas kernels run inside `shard_map` and, off their backend, in interpret
-mode (tests).
+Kernels: `xla` (`jax.nn.dot_product_attention` in XLA ops, any backend; heads first on CPU), `cudnn`
+(cuDNN flash attention through the same function, GPU, bf16/fp16), `pallas_gpu` (Pallas Triton flash
+attention), `splash` (Pallas TPU splash attention); the Pallas kernels run inside `shard_map` and, off their
+backend, in interpret mode (tests).
 `auto` picks cudnn on GPU, splash on TPU, xla on CPU, and xla below `MIN_FUSED_LENGTH` tokens or for
 inputs the fused kernel cannot take; the platform is the one compiled for (`target.backend()`), so an AOT
 compile for a TPU on a CPU host gets splash. `KERNELS` is the registry (a new kernel is one entry here);
@@ -38,23 +38,34 @@ CUDNN_MAX_HEAD_DIM = 128  # 256 from Hopper on; 128 holds on every cuDNN-capable
 
 
 def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None) -> jax.Array:
-  """Attention in XLA ops, heads first: the query heads of a KV head are stacked along the sequence, so both
-  products are plain batched matmuls. The math of `jax.nn.dot_product_attention(implementation="xla")` (float32
-  logits and softmax, masked keys at -0.7 x the float32 maximum); its per-group products took 30-50% longer on
-  XLA:CPU (docs/performance.md, the leaner step)."""
+  """`jax.nn.dot_product_attention` in XLA ops; on CPU its own math heads first (`_heads_first_attention`)."""
+  if target.backend() == "cpu":
+    return _heads_first_attention(q, k, v, key_mask)
+  mask = None if key_mask is None else key_mask[:, None, None, :]
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+
+
+# The dot algorithm JAX's attention uses for half-precision inputs with float32 logits (a consistent backward).
+_HALF_PRECISION_ALGORITHMS = {jnp.dtype(jnp.bfloat16): jax.lax.DotAlgorithmPreset.BF16_BF16_F32,
+                              jnp.dtype(jnp.float16): jax.lax.DotAlgorithmPreset.F16_F16_F32}
+
+
+def _heads_first_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None) -> jax.Array:
+  """The query heads of each KV head stacked along the sequence, so both products are single batched matmuls
+  (JAX's function maps them over the groups, slower on XLA:CPU: docs/performance.md, the leaner step). Logits
+  and softmax in at least float32, masked keys at -0.7 x the float32 maximum, as JAX's."""
   batch, length, heads, head_dim = q.shape
   kv_heads = k.shape[2]
   groups = heads // kv_heads
   q = q.reshape(batch, length, kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
   q = q.reshape(batch, kv_heads, groups * length, head_dim)
   k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-  # bfloat16 inputs with float32 logits need the explicit algorithm for a consistent backward (as JAX's own).
-  precision = jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if q.dtype == jnp.bfloat16 else None
-  logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, precision=precision, preferred_element_type=jnp.float32)
+  logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, precision=_HALF_PRECISION_ALGORITHMS.get(q.dtype),
+                      preferred_element_type=jnp.promote_types(q.dtype, jnp.float32))
   logits = logits * head_dim ** -0.5
   if key_mask is not None:
     logits = jnp.where(key_mask[:, None, None, :], logits, -0.7 * jnp.finfo(jnp.float32).max)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
   out = jnp.einsum("bhqk,bhkd->bhqd", probs, v).reshape(batch, kv_heads, groups, length, head_dim)
   return out.transpose(0, 3, 1, 2, 4).reshape(batch, length, heads, head_dim)
 

@@ -22,14 +22,13 @@ ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
 
 
 class Dense(nn.Dense):
-  """`nn.Dense` that merges the leading axes into one before its matmul (same parameters).
-
-  The gradient of a matmul that contracts over one axis is another plain matmul; over several (batch, sequence)
-  XLA:CPU first writes the activations' gradient transposed, which doubled the MLPs' backward
-  (docs/performance.md, the leaner step).
-  """
+  """`nn.Dense`; on CPU it merges the leading axes first, so that XLA:CPU computes the weight gradient (a contraction
+  over batch and sequence) as one plain matmul instead of transposing the activations' gradient (docs/performance.md,
+  the leaner step). GPU and TPU programs stay as measured there."""
 
   def __call__(self, inputs: jax.Array) -> jax.Array:
+    if target.backend() != "cpu":
+      return super().__call__(inputs)
     outputs = super().__call__(inputs.reshape(-1, inputs.shape[-1]))
     return outputs.reshape(*inputs.shape[:-1], self.features)
 
@@ -44,9 +43,9 @@ def dense(features: int, axes: tuple[str | None, str | None], *, name: str, dtyp
 
 
 class ChunkedDense(nn.Module):
-  """A Dense layer (parameters `kernel`, `bias` as `nn.Dense`) returning its output as `chunks` equal parts, each
-  from its own matmul: slicing one wide per-pixel output copied every part, which took half of the pixel
-  AdaLN's time on XLA:CPU (docs/performance.md, the leaner step)."""
+  """A biased xavier-initialised Dense layer (float32 `kernel` and `bias`, as `dense`) whose output comes as `chunks`
+  equal parts. On CPU each part is its own matmul: slicing one wide per-pixel output copied every part
+  (docs/performance.md, the leaner step); elsewhere one matmul and a split, as measured there."""
   features: int
   chunks: int
   axes: tuple[str | None, str | None]
@@ -55,15 +54,22 @@ class ChunkedDense(nn.Module):
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> tuple[jax.Array, ...]:
+    if self.features % self.chunks:
+      raise ValueError(f"ChunkedDense: {self.features} features do not split into {self.chunks} equal chunks")
     kernel = self.param("kernel", nn.with_logical_partitioning(xavier_uniform, self.axes),
                         (inputs.shape[-1], self.features), jnp.float32)
     bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, (self.axes[1],)), (self.features,),
                       jnp.float32)
     inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    if target.backend() != "cpu":
+      return tuple(jnp.split(inputs @ kernel + bias, self.chunks, axis=-1))
     flat = inputs.reshape(-1, inputs.shape[-1])
     width = self.features // self.chunks
-    return tuple((flat @ kernel[:, i * width:(i + 1) * width] + bias[i * width:(i + 1) * width]).reshape(
-        *inputs.shape[:-1], width) for i in range(self.chunks))
+    parts = []
+    for start in range(0, self.features, width):
+      part = flat @ kernel[:, start:start + width] + bias[start:start + width]
+      parts.append(part.reshape(*inputs.shape[:-1], width))
+    return tuple(parts)
 
 
 class RMSNorm(nn.Module):
