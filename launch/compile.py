@@ -36,6 +36,7 @@ _HEIGHT = flags.DEFINE_integer("height", None, "Image height (default: data.max_
 _WIDTH = flags.DEFINE_integer("width", None, "Image width (default: data.max_resolution).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch (default: train.batch_size).")
 _JSON = flags.DEFINE_string("json", None, "Write the report as JSON to this file.")
+_LAYERS = flags.DEFINE_integer("roofline_layers", 0, "Also print the roofline of this many costliest layers.")
 
 
 def main(argv):
@@ -55,7 +56,8 @@ def main(argv):
     raise app.UsageError(str(error)) from error
   try:
     report = aot.compile_train_step(config, target, height=_HEIGHT.value or size, width=_WIDTH.value or size,
-                                    batch_size=_BATCH_SIZE.value or config.train.batch_size)
+                                    batch_size=_BATCH_SIZE.value or config.train.batch_size,
+                                    roofline_layers=max(_LAYERS.value, 10))
   except aot.CompileError as error:
     sys.exit(f"launch/compile.py: {error}")
   except ValueError as error:
@@ -71,6 +73,15 @@ def main(argv):
         f"{report['mesh']}, batch {report['batch_size']} of {report['height']}x{report['width']} in "
         f"{report['compile_s']:.1f} s: {summary}")
   print(f"custom calls: {report['custom_calls'] or 'none'}")
+  bound = report["roofline"]
+  if bound is not None:
+    print(f"roofline at {bound['peak_flops'] / 1e12:.0f} TFLOP/s and {bound['bandwidth'] / 1e12:.2f} TB/s: "
+          f"{bound['program_flops'] / 1e12:.1f} TFLOP and {bound['bytes'] / 1e9:.1f} GB per device take at least "
+          f"{bound['bound_s'] * 1e3:.1f} ms ({bound['memory_bound_s'] * 1e3:.1f} ms in memory-bound kernels): "
+          f"MFU at most {bound['mfu_ceiling']:.1%}")
+    for layer in bound["layers"][:_LAYERS.value]:
+      print(f"  {layer['seconds'] * 1e3:8.1f} ms  memory-bound {layer['memory_bound_seconds'] * 1e3:7.1f} ms  "
+            f"{layer['flops'] / 1e12:7.2f} TFLOP  {layer['bytes'] / 1e9:7.1f} GB  {layer['scope']}")
   if _JSON.value:
     with open(_JSON.value, "w", encoding="utf-8") as f:
       json.dump(report, f, indent=2)

@@ -26,7 +26,7 @@ import ml_collections
 from pixelhdm_jax import parallel
 from pixelhdm_jax.config import check_backend, validate
 from pixelhdm_jax.models.layers import abstract_key
-from pixelhdm_jax.perf import gpu_targets, target
+from pixelhdm_jax.perf import flops, gpu_targets, roofline, target
 from pixelhdm_jax.train.setup import Trainer, build_trainer
 
 
@@ -177,9 +177,10 @@ def check_batch(batch_size: int, mesh: jax.sharding.Mesh, rules: parallel.Rules)
 
 
 def compile_train_step(config: ml_collections.ConfigDict, compile_for: CompileTarget, *, height: int, width: int,
-                       batch_size: int) -> dict[str, Any]:
+                       batch_size: int, roofline_layers: int = 10) -> dict[str, Any]:
   """Compiles the train step (REPA on, the larger program, unless REPA is off) for a target from shapes only;
-  returns the report (compile time, memory per device and whether it fits, mesh, batch, custom calls)."""
+  returns the report (compile time, memory per device and whether it fits, mesh, batch, custom calls, and for a
+  device of known peak FLOP/s and bandwidth the program's roofline: `roofline.summary`)."""
   devices, platform = compile_for.devices, compile_for.platform
   config = validate(random_encoders(config))
   check_backend(config, platform)
@@ -206,13 +207,18 @@ def compile_train_step(config: ml_collections.ConfigDict, compile_for: CompileTa
     seconds = time.perf_counter() - started
   memory = program_memory(compiled)
   capacity = compile_for.device_memory_bytes
+  kind = devices[0].device_kind
+  peak, bandwidth = flops.peak_flops(kind), flops.peak_bandwidth(kind)
+  model_flops = flops.train_step_flops(config.model, height, width, config.text.max_length) * batch_size / len(devices)
+  bound = None if peak is None or bandwidth is None else roofline.summary(compiled.as_text(), peak, bandwidth,
+                                                                           model_flops, roofline_layers)
   return {"platform": platform, "device_kind": devices[0].device_kind, "num_devices": len(devices),
           "mesh": dict(mesh.shape), "height": height, "width": width, "batch_size": batch_size,
           "batch_per_shard": batch_size // parallel.batch_devices(mesh, rules), "repa": repa,
           "attention": config.model.attention, "remat_policy": config.model.remat_policy, "compile_s": seconds,
           "memory_per_device": None if memory is None else memory.as_dict(), "device_memory_bytes": capacity,
           "fits": None if memory is None or capacity is None else memory.peak_bytes <= capacity,
-          "custom_calls": custom_calls(compiled)}
+          "custom_calls": custom_calls(compiled), "model_flops_per_device": model_flops, "roofline": bound}
 
 
 def custom_calls(compiled: Any) -> dict[str, int]:

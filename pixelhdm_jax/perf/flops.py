@@ -118,19 +118,31 @@ def dino_flops(height: int, width: int, arch: DINOv3Arch = DINOV3_VITB16) -> flo
   return patchify + encoder_flops(_dinov3_shape(arch), patches + 1 + arch.num_register_tokens)
 
 
-# Dense bf16 peak FLOP/s per chip (datasheets), matched against `jax.Device.device_kind`, lower-cased:
-# TPU kinds exactly, GPU kinds by the first name they contain.
+# Dense bf16 peak FLOP/s and HBM bytes/s per chip (datasheets), matched against `jax.Device.device_kind`,
+# lower-cased: TPU kinds exactly, GPU kinds by the first name they contain.
 TPU_PEAK_FLOPS = {"tpu v4": 275e12, "tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v5": 459e12,
                   "tpu v5p": 459e12, "tpu v6 lite": 918e12, "tpu v6e": 918e12}
 GPU_PEAK_FLOPS = (("h100 pcie", 756e12), ("h100", 989e12), ("h200", 989e12), ("a100", 312e12))
+TPU_BANDWIDTH = {"tpu v4": 1.2e12, "tpu v5 lite": 0.819e12, "tpu v5e": 0.819e12, "tpu v5": 2.765e12,
+                 "tpu v5p": 2.765e12, "tpu v6 lite": 1.64e12, "tpu v6e": 1.64e12}
+GPU_BANDWIDTH = (("h100 pcie", 2.0e12), ("h100", 3.35e12), ("h200", 4.8e12), ("a100", 2.039e12))
+
+
+def _per_device(device_kind: str, tpus: dict[str, float], gpus: tuple[tuple[str, float], ...]) -> float | None:
+  kind = device_kind.strip().lower()
+  if kind in tpus:
+    return tpus[kind]
+  return next((value for name, value in gpus if name in kind), None)
 
 
 def peak_flops(device_kind: str) -> float | None:
   """Peak dense bf16 FLOP/s of one device of `device_kind`, or None if the kind is not in the table."""
-  kind = device_kind.strip().lower()
-  if kind in TPU_PEAK_FLOPS:
-    return TPU_PEAK_FLOPS[kind]
-  return next((peak for name, peak in GPU_PEAK_FLOPS if name in kind), None)
+  return _per_device(device_kind, TPU_PEAK_FLOPS, GPU_PEAK_FLOPS)
+
+
+def peak_bandwidth(device_kind: str) -> float | None:
+  """Memory (HBM) bytes per second of one device of `device_kind`, or None if the kind is not in the table."""
+  return _per_device(device_kind, TPU_BANDWIDTH, GPU_BANDWIDTH)
 
 
 def mfu(model_flops_per_step: float, step_time: float, device_kind: str, num_devices: int) -> float | None:
