@@ -6,12 +6,16 @@ r"""Compiles the train step ahead of time for a TPU slice, a GPU model or this h
       --height=512 --width=512 --config.model.remat_policy=dots --json=/tmp/compile.json
   python launch/compile.py --config=configs/base.py:default --topology=h100x8 --batch_size=256 \
       --height=512 --width=512 --config.model.remat_policy=save_attention
+  python launch/compile.py --config=configs/base.py:default --topology=h100x1 --batch_size=32 \
+      --height=512 --width=512 --text_cache --teacher_cache --roofline_layers=12
 
 Runs on a CPU host: TPU slices need libtpu (`pip install 'jax[tpu]'`) but no TPU, GPU models the JAX CUDA
 plugin (`pip install 'jax[cuda12]'`) but no GPU. Nothing is allocated: state, batch and RNG are shapes, so a
 model that does not fit the target fails here (exit status 1; for a GPU, whose compiler does not check, when
 the peak exceeds the card's memory), as would a mesh or batch that does not divide. `local` compiles for
-this process's devices. Pretrained encoders are compiled as random ones of the same size. See
+this process's devices. Pretrained encoders are compiled as random ones of the same size. For a device of
+known peak FLOP/s and bandwidth it also prints the program's roofline: the least time its kernels take and the
+MFU that allows (`--roofline_layers=N` lists the N costliest layers; docs/performance.md). See
 docs/distributed.md.
 """
 
@@ -36,6 +40,8 @@ _HEIGHT = flags.DEFINE_integer("height", None, "Image height (default: data.max_
 _WIDTH = flags.DEFINE_integer("width", None, "Image width (default: data.max_resolution).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch (default: train.batch_size).")
 _JSON = flags.DEFINE_string("json", None, "Write the report as JSON to this file.")
+_TEXT_CACHE = flags.DEFINE_bool("text_cache", False, "Compile the step that reads cached text encodings (no Qwen3).")
+_TEACHER_CACHE = flags.DEFINE_bool("teacher_cache", False, "Compile the REPA step that reads cached DINOv3 features.")
 _LAYERS = flags.DEFINE_integer("roofline_layers", 0, "Also print the roofline of this many costliest layers.")
 
 
@@ -57,7 +63,8 @@ def main(argv):
   try:
     report = aot.compile_train_step(config, target, height=_HEIGHT.value or size, width=_WIDTH.value or size,
                                     batch_size=_BATCH_SIZE.value or config.train.batch_size,
-                                    roofline_layers=max(_LAYERS.value, 10))
+                                    roofline_layers=max(_LAYERS.value, 10), text_cache=_TEXT_CACHE.value,
+                                    teacher_cache=_TEACHER_CACHE.value)
   except aot.CompileError as error:
     sys.exit(f"launch/compile.py: {error}")
   except ValueError as error:

@@ -25,9 +25,10 @@ import ml_collections
 
 from pixelhdm_jax import parallel
 from pixelhdm_jax.config import check_backend, validate
-from pixelhdm_jax.models.layers import abstract_key
+from pixelhdm_jax.models.layers import abstract_key, compute_dtype
 from pixelhdm_jax.perf import flops, gpu_targets, roofline, target
 from pixelhdm_jax.train.setup import Trainer, build_trainer
+from pixelhdm_jax.train.step import TEACHER_FEATURES
 
 
 class TpuSlice(NamedTuple):
@@ -159,12 +160,33 @@ def random_encoders(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   return config
 
 
-def abstract_batch(trainer: Trainer, batch_size: int, height: int, width: int) -> dict[str, jax.ShapeDtypeStruct]:
-  """ShapeDtypeStructs (with the batch sharding) of a global train batch."""
+def cached_encoding_shapes(config: ml_collections.ConfigDict, batch_size: int, height: int, width: int, *,
+                           text: bool, teacher_dim: int | None) -> dict[str, tuple[tuple[int, ...], Any]]:
+  """Shapes and dtypes of what the caches give the train step instead of running the encoders: the text
+  encodings (`text`) and, with `teacher_dim`, the DINOv3 patch features."""
+  length, text_width = config.text.max_length, config.model.text_dim
+  shapes: dict[str, tuple[tuple[int, ...], Any]] = {}
+  if text:
+    text_dtype = compute_dtype(config.text.compute_dtype)
+    shapes.update(text_hidden=((batch_size, length, text_width), text_dtype),
+                  text_mask=((batch_size, length), jnp.bool_), text_pooled=((batch_size, text_width), text_dtype))
+  if teacher_dim is not None:
+    patches = (height // config.model.patch_size) * (width // config.model.patch_size)
+    shapes[TEACHER_FEATURES] = ((batch_size, patches, teacher_dim), compute_dtype(config.dino.compute_dtype))
+  return shapes
+
+
+def abstract_batch(trainer: Trainer, batch_size: int, height: int, width: int, *,
+                   teacher_cache: bool = False) -> dict[str, jax.ShapeDtypeStruct]:
+  """ShapeDtypeStructs (with the batch sharding) of a global train batch: token ids, or the cached text encodings
+  when the trainer has no text encoder (`text.cache`); the cached DINOv3 features with `teacher_cache`."""
   sharding = parallel.batch_sharding(trainer.mesh, trainer.rules)
   text_length = trainer.config.text.max_length
-  shapes = {"images": ((batch_size, height, width, 3), jnp.uint8), "token_ids": ((batch_size, text_length), jnp.int32),
-            "token_mask": ((batch_size, text_length), jnp.bool_)}
+  shapes = {"images": ((batch_size, height, width, 3), jnp.uint8)}
+  if trainer.text_encoder is not None:
+    shapes.update(token_ids=((batch_size, text_length), jnp.int32), token_mask=((batch_size, text_length), jnp.bool_))
+  shapes.update(cached_encoding_shapes(trainer.config, batch_size, height, width, text=trainer.text_encoder is None,
+                                       teacher_dim=trainer.teacher.feature_dim if teacher_cache else None))
   return {key: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for key, (shape, dtype) in shapes.items()}
 
 
@@ -177,12 +199,15 @@ def check_batch(batch_size: int, mesh: jax.sharding.Mesh, rules: parallel.Rules)
 
 
 def compile_train_step(config: ml_collections.ConfigDict, compile_for: CompileTarget, *, height: int, width: int,
-                       batch_size: int, roofline_layers: int = 10) -> dict[str, Any]:
+                       batch_size: int, roofline_layers: int = 10, text_cache: bool = False,
+                       teacher_cache: bool = False) -> dict[str, Any]:
   """Compiles the train step (REPA on, the larger program, unless REPA is off) for a target from shapes only;
   returns the report (compile time, memory per device and whether it fits, mesh, batch, custom calls, and for a
-  device of known peak FLOP/s and bandwidth the program's roofline: `roofline.summary`)."""
+  device of known peak FLOP/s and bandwidth the program's roofline: `roofline.summary`). `text_cache` /
+  `teacher_cache`: the step that reads cached text encodings / DINOv3 features instead of running the encoders."""
   devices, platform = compile_for.devices, compile_for.platform
   config = validate(random_encoders(config))
+  config.text.cache = text_cache  # after validate: no dataset is read, the batch has the cache's shapes
   check_backend(config, platform)
   mesh = parallel.create_mesh(config.mesh, devices)
   rules = parallel.logical_rules(config.mesh)
@@ -190,11 +215,11 @@ def compile_train_step(config: ml_collections.ConfigDict, compile_for: CompileTa
   with target.compiling_for(platform), jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     trainer = build_trainer(config, mesh, rules, with_encoder_params=False)
     repa = trainer.has_teacher
+    batch = abstract_batch(trainer, batch_size, height, width, teacher_cache=teacher_cache and repa)
     key = abstract_key()
     rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=trainer.shardings.step)
     started = time.perf_counter()
-    lowered = trainer.step_fn(repa).lower(trainer.abstract_state(), trainer.frozen,
-                                        abstract_batch(trainer, batch_size, height, width), rng)
+    lowered = trainer.step_fn(repa).lower(trainer.abstract_state(), trainer.frozen, batch, rng)
     try:
       compiled = lowered.compile(compiler_options=dict(compile_for.compiler_options) or None)
     except jax.errors.JaxRuntimeError as error:
@@ -218,7 +243,8 @@ def compile_train_step(config: ml_collections.ConfigDict, compile_for: CompileTa
           "attention": config.model.attention, "remat_policy": config.model.remat_policy, "compile_s": seconds,
           "memory_per_device": None if memory is None else memory.as_dict(), "device_memory_bytes": capacity,
           "fits": None if memory is None or capacity is None else memory.peak_bytes <= capacity,
-          "custom_calls": custom_calls(compiled), "model_flops_per_device": model_flops, "roofline": bound}
+          "custom_calls": custom_calls(compiled), "model_flops_per_device": model_flops, "roofline": bound,
+          "text_cache": text_cache, "teacher_cache": teacher_cache and repa}
 
 
 def custom_calls(compiled: Any) -> dict[str, int]:

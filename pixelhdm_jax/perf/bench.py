@@ -43,7 +43,6 @@ from pixelhdm_jax.sample.guidance import Guidance
 from pixelhdm_jax.sample.pipeline import Pipeline
 from pixelhdm_jax.sample.request import SampleRequest, check_size
 from pixelhdm_jax.train.setup import build_trainer
-from pixelhdm_jax.train.step import TEACHER_FEATURES
 
 MODES = ("train", "sample")
 RESULT_KEYS = ("mode", "height", "width", "batch_size", "steps", "compile_s", "step_time_s", "images_per_s",
@@ -90,20 +89,12 @@ def time_steps(step: Callable[[], Any], steps: int, warmup: int, profile: str | 
 
 def cached_encodings(config, batch_size: int, height: int, width: int, *, text: bool, teacher_dim: int | None,
                      seed: int) -> dict[str, np.ndarray]:
-  """Random stand-ins, of the shapes and dtypes the caches give, for the text encodings (`text`; every token valid)
-  and, with `teacher_dim`, the DINOv3 patch features: what the cached step reads instead of running the encoders."""
+  """Random stand-ins, of the shapes and dtypes the caches give (`aot.cached_encoding_shapes`; every token valid),
+  for the text encodings and the DINOv3 patch features: what the cached step reads instead of running the encoders."""
   rng = np.random.default_rng(seed)
-  length, width_text = config.text.max_length, config.model.text_dim
-  normal = lambda shape, section: rng.standard_normal(shape, np.float32).astype(compute_dtype(section.compute_dtype))
-  batch = {}
-  if text:
-    batch.update(text_hidden=normal((batch_size, length, width_text), config.text),
-                 text_mask=np.ones((batch_size, length), bool),
-                 text_pooled=normal((batch_size, width_text), config.text))
-  if teacher_dim is not None:
-    patch = config.model.patch_size
-    batch[TEACHER_FEATURES] = normal((batch_size, (height // patch) * (width // patch), teacher_dim), config.dino)
-  return batch
+  shapes = aot.cached_encoding_shapes(config, batch_size, height, width, text=text, teacher_dim=teacher_dim)
+  return {name: np.ones(shape, bool) if dtype == np.bool_ else rng.standard_normal(shape, np.float32).astype(dtype)
+          for name, (shape, dtype) in shapes.items()}
 
 
 def _train(config, mesh, rules, height, width, batch_size, steps, warmup, profile, text_cache=False,

@@ -64,6 +64,21 @@ def _target_or_install_hint(name: str, package: str) -> aot.CompileTarget:
     pytest.skip(f"cannot compile for {name} here: {error}")
 
 
+def test_compile_the_cached_step_without_the_encoders_weights():
+  """With both caches the program takes the encodings as inputs: no Qwen3 or DINOv3 weights among its arguments."""
+  local = aot.compile_target(aot.LOCAL)
+  live = aot.compile_train_step(base.get_config("tiny"), local, height=32, width=32, batch_size=8)
+  cached = aot.compile_train_step(base.get_config("tiny"), local, height=32, width=32, batch_size=8,
+                                  text_cache=True, teacher_cache=True)
+  assert (live["text_cache"], live["teacher_cache"]) == (False, False)
+  assert (cached["text_cache"], cached["teacher_cache"]) == (True, True)
+  assert cached["memory_per_device"]["argument_bytes"] < live["memory_per_device"]["argument_bytes"]
+  config = validate(base.get_config("tiny"))
+  shapes = aot.cached_encoding_shapes(config, 8, 32, 32, text=True, teacher_dim=48)
+  assert shapes["text_hidden"][0] == (8, config.text.max_length, config.model.text_dim)
+  assert shapes["teacher_features"][0] == (8, 4, 48) and shapes["text_mask"][1] == jnp.bool_
+
+
 def test_compile_for_a_tpu_slice_without_a_tpu():
   """libtpu compiles for a slice on a CPU host; the TPU compiler rejects a program that does not fit."""
   slice_ = _target_or_install_hint("v5e-16", "jax[tpu]")
