@@ -139,6 +139,13 @@ def test_encoder_flops_near_the_reference_estimates():
     ("TPU v5", 459e12), ("TPU v5p", 459e12), ("TPU v6 lite", 918e12), ("TPU v6e", 918e12)])
 def test_peak_flops(kind, peak):
   assert flops.peak_flops(kind) == peak
+  assert flops.peak_bandwidth(kind) is not None  # every device with a peak has a roofline
+
+
+def test_bandwidth_tells_the_h100_pcie_from_the_sxm_card_and_knows_no_cpu():
+  assert flops.peak_bandwidth("NVIDIA H100 PCIe") < flops.peak_bandwidth("NVIDIA H100 80GB HBM3") \
+      < flops.peak_bandwidth("NVIDIA H200")
+  assert flops.peak_bandwidth("cpu") is None and flops.peak_flops("cpu") is None
 
 
 def test_mfu():
