@@ -42,7 +42,8 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch (default: t
 _JSON = flags.DEFINE_string("json", None, "Write the report as JSON to this file.")
 _TEXT_CACHE = flags.DEFINE_bool("text_cache", False, "Compile the step that reads cached text encodings (no Qwen3).")
 _TEACHER_CACHE = flags.DEFINE_bool("teacher_cache", False, "Compile the REPA step that reads cached DINOv3 features.")
-_LAYERS = flags.DEFINE_integer("roofline_layers", 0, "Also print the roofline of this many costliest layers.")
+_LAYERS = flags.DEFINE_integer("roofline_layers", 0, "Also print the roofline of this many costliest layers "
+                               "(the JSON report carries them, or the 10 costliest).")
 
 
 def main(argv):
@@ -63,7 +64,7 @@ def main(argv):
   try:
     report = aot.compile_train_step(config, target, height=_HEIGHT.value or size, width=_WIDTH.value or size,
                                     batch_size=_BATCH_SIZE.value or config.train.batch_size,
-                                    roofline_layers=max(_LAYERS.value, 10), text_cache=_TEXT_CACHE.value,
+                                    roofline_layers=_LAYERS.value or 10, text_cache=_TEXT_CACHE.value,
                                     teacher_cache=_TEACHER_CACHE.value)
   except aot.CompileError as error:
     sys.exit(f"launch/compile.py: {error}")
@@ -85,7 +86,9 @@ def main(argv):
     print(f"roofline at {bound['peak_flops'] / 1e12:.0f} TFLOP/s and {bound['bandwidth'] / 1e12:.2f} TB/s: "
           f"{bound['program_flops'] / 1e12:.1f} TFLOP and {bound['bytes'] / 1e9:.1f} GB per device take at least "
           f"{bound['bound_s'] * 1e3:.1f} ms ({bound['memory_bound_s'] * 1e3:.1f} ms in memory-bound kernels): "
-          f"MFU at most {bound['mfu_ceiling']:.1%}")
+          f"MFU at most {bound['mfu_ceiling'] or 0:.1%}; collectives move {bound['collective_bytes'] / 1e9:.1f} GB")
+    for note in bound["unresolved"]:
+      print(f"  roofline: {note}")
     for layer in bound["layers"][:_LAYERS.value]:
       print(f"  {layer['seconds'] * 1e3:8.1f} ms  memory-bound {layer['memory_bound_seconds'] * 1e3:7.1f} ms  "
             f"{layer['flops'] / 1e12:7.2f} TFLOP  {layer['bytes'] / 1e9:7.1f} GB  {layer['scope']}")

@@ -207,6 +207,7 @@ def compile_train_step(config: ml_collections.ConfigDict, compile_for: CompileTa
   `teacher_cache`: the step that reads cached text encodings / DINOv3 features instead of running the encoders."""
   devices, platform = compile_for.devices, compile_for.platform
   config = validate(random_encoders(config))
+  text_cache = text_cache or config.text.cache  # a config's own text.cache=True compiles the cached step too
   config.text.cache = text_cache  # after validate: no dataset is read, the batch has the cache's shapes
   check_backend(config, platform)
   mesh = parallel.create_mesh(config.mesh, devices)

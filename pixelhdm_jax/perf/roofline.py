@@ -1,9 +1,11 @@
 """Where a compiled step's time must go, read from its optimized HLO without running it: a roofline per kernel.
 
 Each top-level kernel of the program (a fusion, a cuBLAS or cuDNN call, a copy) moves the bytes of its operands and
-results and does the FLOPs of its matmuls; it takes at least max(FLOPs / peak, bytes / bandwidth). Kernels inside
-loops (scanned blocks) count once per iteration. Summed per layer, this shows on a CPU host which layers of a GPU
-or TPU program are bound by memory and which by matmuls (docs/performance.md, "Reading the compiled program").
+results and does the FLOPs of its matmuls; at a device's peak FLOP/s and memory bandwidth it takes at least
+max(FLOPs / peak, bytes / bandwidth). Kernels inside loops (scanned blocks) count once per iteration. Summed per
+layer, this shows on a CPU host which layers of a GPU or TPU program are bound by memory and which by matmuls
+(docs/performance.md, "Reading the compiled program"). Collectives move bytes over the interconnect, not HBM: they
+are summed apart. What the text cannot tell (a loop without a known trip count) is counted in `unresolved`.
 """
 
 from __future__ import annotations
@@ -14,15 +16,19 @@ import math
 import re
 from typing import Any
 
-_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4,
-          "s64": 8, "u64": 8, "f64": 8, "f8e4m3fn": 1, "f8e5m2": 1}
-_ARRAY = re.compile(r"\b(" + "|".join(_BYTES) + r")\[([0-9,]*)\]")
+_BITS = {"pred": 8, "s2": 2, "u2": 2, "s4": 4, "u4": 4, "s8": 8, "u8": 8, "s16": 16, "u16": 16, "s32": 32,
+         "u32": 32, "s64": 64, "u64": 64, "f16": 16, "bf16": 16, "f32": 32, "f64": 64, "c64": 64, "c128": 128,
+         "f4e2m1fn": 4, "f8e3m4": 8, "f8e4m3": 8, "f8e4m3fn": 8, "f8e4m3fnuz": 8, "f8e4m3b11fnuz": 8, "f8e5m2": 8,
+         "f8e5m2fnuz": 8, "f8e8m0fnu": 8, "token": 0}
+_ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,<=]*)\]")
 _HEADER = re.compile(r"^(ENTRY )?%(\S+) .*\{$")
 _INSTRUCTION = re.compile(r"^\s+(ROOT )?%(\S+) = (.*?) ([a-z][a-z0-9\-]*)\((.*)$")
-# Opcodes that launch no kernel: views, tuples, control flow (its bodies are counted), markers.
+# Opcodes that launch no kernel: views, tuples, control flow (its bodies are counted), markers, async halves.
 _FREE = {"parameter", "get-tuple-element", "tuple", "constant", "bitcast", "while", "call", "conditional",
-         "after-all", "partition-id", "replica-id", "opt-barrier", "add-dependency", "copy-start", "copy-done",
-         "async-start", "async-update", "async-done", "iota"}
+         "after-all", "partition-id", "replica-id", "opt-barrier", "add-dependency", "iota", "copy-start",
+         "copy-done", "async-start", "async-update", "async-done", "send", "send-done", "recv", "recv-done"}
+_COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "ragged-all-to-all", "collective-permute",
+                "collective-broadcast")
 _GEMM = ("__cublas$gemm", "__cublas$lt$matmul")
 _ATTENTION = "__cudnn$fmha"
 # Parts of a JAX op_name that say how a layer is reached (autodiff, remat, scan), not which layer it is.
@@ -31,6 +37,7 @@ _TRANSFORMS = re.compile(r"jvp\(|transpose\(|checkpoint/|rematted_computation/|w
 
 @dataclasses.dataclass(frozen=True)
 class Instruction:
+  """One line of HLO text: its name, result shape, opcode, operand names, whether it is its computation's ROOT."""
   name: str
   shape: str
   opcode: str
@@ -45,33 +52,40 @@ class Kernel:
   name: str
   opcode: str
   scope: str  # the layer, from the op_name metadata, without jvp/transpose/remat wrappers
-  backward: bool  # part of the gradient (under `transpose(...)`)
   bytes: int
   flops: int
   count: int  # runs per program run (loop trip counts)
+  collective: bool = False  # bytes over the interconnect: not in the memory bound
 
   def seconds(self, peak_flops: float, bandwidth: float) -> float:
+    if self.collective:
+      return 0.0
     return self.count * max(self.flops / peak_flops, self.bytes / bandwidth)
 
 
 def array_bytes(shape: str) -> int:
-  """Bytes of every array in an HLO shape (a tuple counts its elements)."""
-  return sum(_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d) for dtype, dims in _ARRAY.findall(shape))
+  """Bytes of every array in an HLO shape (a tuple counts its elements; dynamic dimensions at their bound)."""
+  total = 0
+  for dtype, dims in _ARRAY.findall(shape):
+    if dtype not in _BITS:
+      raise ValueError(f"unknown HLO element type {dtype!r} in {shape!r}: add its width to roofline._BITS")
+    total += _BITS[dtype] * math.prod(int(d.lstrip("<=")) for d in dims.split(",") if d)
+  return total // 8
 
 
 def _dims(shape: str) -> list[int]:
   match = _ARRAY.search(shape)
-  return [int(d) for d in match.group(2).split(",") if d] if match else []
+  return [int(d.lstrip("<=")) for d in match.group(2).split(",") if d] if match else []
 
 
-def _operands(rest: str) -> tuple[tuple[str, ...], str]:
-  """The operand names of an instruction's argument list, and the attributes after it."""
+def _operands(rest: str) -> tuple[str, ...]:
+  """The operand names in an instruction's argument list (up to its closing parenthesis)."""
   depth = 1
   for i, char in enumerate(rest):
     depth += {"(": 1, ")": -1}.get(char, 0)
     if depth == 0:
-      return tuple(re.findall(r"%([\w.\-]+)", rest[:i])), rest[i + 1:]
-  return tuple(re.findall(r"%([\w.\-]+)", rest)), ""
+      return tuple(re.findall(r"%([\w.\-]+)", rest[:i]))
+  return tuple(re.findall(r"%([\w.\-]+)", rest))
 
 
 def parse(hlo_text: str) -> tuple[dict[str, list[Instruction]], str]:
@@ -88,8 +102,7 @@ def parse(hlo_text: str) -> tuple[dict[str, list[Instruction]], str]:
     instruction = _INSTRUCTION.match(line)
     if instruction and current is not None:
       root, name, shape, opcode, rest = instruction.groups()
-      operands, _ = _operands(rest)
-      computations[current].append(Instruction(name, shape, opcode, operands, line, root is not None))
+      computations[current].append(Instruction(name, shape, opcode, _operands(rest), line, root is not None))
   if entry is None:
     raise ValueError("no ENTRY computation in this HLO text: pass a module's text (compiled.as_text())")
   return computations, entry
@@ -100,14 +113,34 @@ def _called(line: str, key: str) -> str | None:
   return match.group(1) if match else None
 
 
-def _trip_count(instruction: Instruction, computations: dict[str, list[Instruction]]) -> int:
-  """A while loop's iterations: XLA's known_trip_count, else the bound of a `i < N` condition, else 1."""
-  known = re.search(r'known_trip_count":\{"n":"(\d+)"', instruction.line)
-  if known:
-    return int(known.group(1))
+def _integer(pattern: str, text: str) -> int | None:
+  match = re.search(pattern, text)
+  return int(match.group(1)) if match else None
+
+
+def _trip_count(instruction: Instruction, computations: dict[str, list[Instruction]]) -> int | None:
+  """A while loop's iterations: XLA's known_trip_count, else the bound of an `i < N` condition, else None."""
+  known = _integer(r'known_trip_count":\{"n":"(\d+)"', instruction.line)
+  if known is not None:
+    return known
   condition = computations.get(_called(instruction.line, "condition") or "", [])
-  constants = [int(m.group(1)) for i in condition for m in [re.search(r"constant\((\d+)\)", i.line)] if m]
-  return constants[0] if len(constants) == 1 and any("direction=LT" in i.line for i in condition) else 1
+  constants = [_integer(r"constant\((\d+)\)", inner.line) for inner in condition]
+  bounds = [bound for bound in constants if bound is not None]
+  return bounds[0] if len(bounds) == 1 and any("direction=LT" in i.line for i in condition) else None
+
+
+def _branches(line: str) -> list[str]:
+  """The computations a conditional may run: `branch_computations={...}` or true/false computations."""
+  listed = re.search(r"branch_computations=\{([^}]*)\}", line)
+  if listed:
+    return re.findall(r"%([\w.\-]+)", listed.group(1))
+  named = (_called(line, "true_computation"), _called(line, "false_computation"))
+  return [name for name in named if name]
+
+
+def _custom_call_target(instruction: Instruction) -> str:
+  match = re.search(r'custom_call_target="([^"]+)"', instruction.line)
+  return match.group(1) if match else ""
 
 
 def _dot_flops(instruction: Instruction, shapes: dict[str, str]) -> int:
@@ -115,17 +148,26 @@ def _dot_flops(instruction: Instruction, shapes: dict[str, str]) -> int:
   lhs = _dims(shapes.get(instruction.operands[0], "")) if instruction.operands else []
   contracting = re.search(r'lhs_contracting_dims=\{([0-9,]*)\}|"lhs_contracting_dimensions":\[([^\]]*)\]',
                           instruction.line)
-  dims = [int(d) for d in re.findall(r"\d+", next(g for g in contracting.groups() if g is not None))] \
-      if contracting else [len(lhs) - 1]
+  listed = next((group for group in contracting.groups() if group is not None), "") if contracting else None
+  dims = [int(d) for d in re.findall(r"\d+", listed)] if listed is not None else [len(lhs) - 1]
   return 2 * math.prod(_dims(instruction.shape)) * math.prod(lhs[d] for d in dims if d < len(lhs))
 
 
 def _convolution_flops(instruction: Instruction, shapes: dict[str, str]) -> int:
-  """A matmul written as a convolution (TPU programs; patch embeddings with stride = window): input, kernel and
-  output hold M*K, K*N and M*N elements, so the product is 2 * sqrt(their product). Padded or overlapping windows
-  (weight gradients on TPU) are counted as that matmul too."""
-  sizes = [math.prod(_dims(shapes.get(operand, ""))) for operand in instruction.operands[:2]]
-  return 2 * math.isqrt(sizes[0] * sizes[1] * math.prod(_dims(instruction.shape))) if len(sizes) == 2 else 0
+  """Grouped convolutions: 2 x output x kernel elements / output features. Ungrouped ones are matmuls in TPU
+  programs (and patch embeddings with stride = window): input, kernel and output hold M*K, K*N and M*N elements,
+  so 2 * sqrt(their product), also for the padded windows of TPU weight gradients."""
+  if len(instruction.operands) < 2:
+    return 0
+  kernel = _dims(shapes.get(instruction.operands[1], ""))
+  output = math.prod(_dims(instruction.shape))
+  labels = re.search(r"dim_labels=\w+_(\w+)->", instruction.line)
+  grouped = (_integer(r"feature_group_count=(\d+)", instruction.line) or 1) > 1 \
+      or (_integer(r"batch_group_count=(\d+)", instruction.line) or 1) > 1
+  if grouped and labels and len(labels.group(1)) == len(kernel):
+    return 2 * output * math.prod(kernel) // kernel[labels.group(1).index("o")]
+  inputs = math.prod(_dims(shapes.get(instruction.operands[0], "")))
+  return 2 * math.isqrt(inputs * math.prod(kernel) * output)
 
 
 def _attention_flops(instruction: Instruction, shapes: dict[str, str]) -> int:
@@ -135,7 +177,7 @@ def _attention_flops(instruction: Instruction, shapes: dict[str, str]) -> int:
   if not scores or not instruction.operands:
     return 0
   head_dim = _dims(shapes.get(instruction.operands[0], ""))[-1]
-  matmuls = 5 if "Backward" in instruction.line.split("custom_call_target=")[1][:40] else 2
+  matmuls = 5 if _custom_call_target(instruction).endswith("Backward") else 2
   return 2 * matmuls * math.prod(int(d) for d in re.findall(r"\d+", scores.group(1))) * head_dim
 
 
@@ -145,10 +187,10 @@ def _flops(instruction: Instruction, computations: dict[str, list[Instruction]],
   if instruction.opcode == "convolution":
     return _convolution_flops(instruction, shapes)
   if instruction.opcode == "custom-call":
-    target = re.search(r'custom_call_target="([^"]+)"', instruction.line)
-    if target and target.group(1) in _GEMM:
+    target = _custom_call_target(instruction)
+    if target in _GEMM:
       return _dot_flops(instruction, shapes)
-    if target and target.group(1).startswith(_ATTENTION):
+    if target.startswith(_ATTENTION):
       return _attention_flops(instruction, shapes)
   if instruction.opcode == "fusion":
     body = computations.get(_called(instruction.line, "calls") or "", [])
@@ -156,27 +198,42 @@ def _flops(instruction: Instruction, computations: dict[str, list[Instruction]],
   return 0
 
 
+def _through_bitcasts(name: str, by_name: dict[str, Instruction]) -> str:
+  while name in by_name and by_name[name].opcode == "bitcast":
+    name = by_name[name].operands[0]
+  return name
+
+
 def _fusion_bytes(instruction: Instruction, computations: dict[str, list[Instruction]],
                   shapes: dict[str, str]) -> int:
-  """Operands and results of a fusion; an operand it only slices counts the slices, an in-place update the update."""
+  """Operands and results of a fusion; an operand it only slices counts the slices, a buffer it updates in place
+  (a dynamic-update-slice among its results, also behind bitcasts or in a tuple) counts the update."""
   body = computations.get(_called(instruction.line, "calls") or "", [])
-  parameters = {int(m.group(1)): i.name for i in body if i.opcode == "parameter"
-                for m in [re.search(r"parameter\((\d+)\)", i.line)] if m}
+  by_name = {inner.name: inner for inner in body}
+  parameters = {_integer(r"parameter\((\d+)\)", inner.line): inner.name for inner in body
+                if inner.opcode == "parameter"}
   users = collections.defaultdict(list)
   for inner in body:
     for position, operand in enumerate(inner.operands):
       users[operand].append((inner, position))
-  root = next((i for i in body if i.root), None)
-  written = array_bytes(instruction.shape)
-  in_place = None
-  if root is not None and root.opcode == "dynamic-update-slice":
-    in_place = root.operands[0]
-    written = array_bytes(shapes.get(root.operands[1], ""))
+  root = next((inner for inner in body if inner.root), None)
+  results = ([_through_bitcasts(name, by_name) for name in root.operands] if root is not None and
+             root.opcode == "tuple" else [_through_bitcasts(root.name, by_name)] if root is not None else [])
+  written, in_place = 0, set()
+  for result in results:
+    update = by_name.get(result)
+    if update is not None and update.opcode == "dynamic-update-slice":
+      in_place.add(_through_bitcasts(update.operands[0], by_name))
+      written += array_bytes(shapes.get(update.operands[1], ""))
+    else:
+      written += array_bytes(shapes.get(result, ""))
+  if not results:
+    written = array_bytes(instruction.shape)
   read = 0
   for position, operand in enumerate(instruction.operands):
     parameter = parameters.get(position)
     uses = users.get(parameter, [])
-    if parameter is not None and parameter == in_place:
+    if parameter in in_place:
       continue
     if uses and all(user.opcode in ("slice", "dynamic-slice") and at == 0 for user, at in uses):
       read += sum(array_bytes(user.shape) for user, _ in uses)
@@ -193,51 +250,67 @@ def _bytes(instruction: Instruction, computations: dict[str, list[Instruction]],
   if instruction.opcode == "dynamic-update-slice":
     return 2 * array_bytes(shapes.get(instruction.operands[1], ""))
   written = array_bytes(instruction.shape)
-  if instruction.opcode == "custom-call" and instruction.shape.startswith("("):  # results, then a scratch buffer
-    written = sum(array_bytes(part) for part in re.findall(r"\w+\[[0-9,]*\]", instruction.shape)
-                  if not part.startswith(("s8[", "u8[")))
+  results = _ARRAY.findall(instruction.shape)
+  if instruction.opcode == "custom-call" and instruction.shape.startswith("(") and len(results) > 1 \
+      and results[-1][0] in ("s8", "u8"):  # a library call's last result is its scratch workspace
+    written -= array_bytes("{}[{}]".format(*results[-1]))
   return written + sum(array_bytes(shapes.get(operand, "")) for operand in instruction.operands)
 
 
-def _scope(line: str) -> tuple[str, bool]:
-  """The layer of an instruction (its op_name without the jitted function's name and the transforms), and
-  whether it belongs to the gradient."""
+def _scope(line: str) -> str:
+  """The layer of an instruction: its op_name without the jitted function's name and the transforms."""
   match = re.search(r'op_name="([^"]*)"', line)
   op_name = re.sub(r"jit\(([^()]*)\)", r"\1", match.group(1) if match else "")
-  return "/".join(_TRANSFORMS.sub("", op_name).strip("/").split("/")[1:]), "transpose(" in op_name
+  return "/".join(_TRANSFORMS.sub("", op_name).strip("/").split("/")[1:])
 
 
-def kernels(hlo_text: str) -> list[Kernel]:
-  """The top-level kernels of an optimized HLO module (`compiled.as_text()`), with their run counts."""
+def _is_collective(opcode: str) -> bool:
+  return opcode.removesuffix("-start").removesuffix("-done") in _COLLECTIVES
+
+
+def kernels(hlo_text: str) -> tuple[list[Kernel], list[str]]:
+  """The top-level kernels of an optimized HLO module (`compiled.as_text()`) with their run counts, and what
+  could not be resolved: loops without a known trip count (counted once), conditionals (every branch counted),
+  async ops printed in short form (`fusion-start`; not counted)."""
   computations, entry = parse(hlo_text)
   shapes = {i.name: i.shape for body in computations.values() for i in body}
   counts: dict[str, int] = collections.Counter()
+  unresolved: list[str] = []
 
   def visit(name: str, count: int) -> None:
     counts[name] += count
     for instruction in computations.get(name, []):
       if instruction.opcode == "while":
-        trips = count * _trip_count(instruction, computations)
+        trips = _trip_count(instruction, computations)
+        if trips is None:
+          unresolved.append(f"while loop {instruction.name}: trip count unknown, counted once")
         for key in ("body", "condition"):
           if _called(instruction.line, key):
-            visit(_called(instruction.line, key), trips)
-      elif instruction.opcode in ("call", "async-start"):
+            visit(_called(instruction.line, key), count * (trips or 1))
+      elif instruction.opcode == "conditional":
+        unresolved.append(f"conditional {instruction.name}: every branch counted")
+        for branch in _branches(instruction.line):
+          visit(branch, count)
+      elif instruction.opcode in ("call", "async-start"):  # an async wrapper's computation holds the kernel
         for callee in re.findall(r"(?:to_apply|calls)=%([\w.\-]+)", instruction.line):
           visit(callee, count)
-      elif instruction.opcode == "conditional":
-        for callee in re.findall(r"%([\w.\-]+)", instruction.line.split("branch_computations=")[-1].split("}")[0]):
-          visit(callee, count)
+      elif instruction.opcode.endswith("-start") and instruction.opcode != "copy-start" \
+          and not _is_collective(instruction.opcode):
+        unresolved.append(f"{instruction.opcode} {instruction.name}: an async op in short form, not counted")
 
   visit(entry, 1)
-  result = []
+  found = []
   for name, count in counts.items():
     for instruction in computations[name]:
-      if instruction.opcode in _FREE:
-        continue
-      scope, backward = _scope(instruction.line)
-      result.append(Kernel(instruction.name, instruction.opcode, scope, backward,
-                           _bytes(instruction, computations, shapes), _flops(instruction, computations, shapes), count))
-  return result
+      opcode = instruction.opcode
+      if opcode in _FREE or opcode.endswith(("-done", "-update")) or (
+          opcode.endswith("-start") and not _is_collective(opcode)):
+        continue  # the halves of async ops: the kernel is the wrapped op (or the collective's start)
+      collective = _is_collective(opcode)
+      found.append(Kernel(instruction.name, opcode, _scope(instruction.line),
+                          _bytes(instruction, computations, shapes),
+                          0 if collective else _flops(instruction, computations, shapes), count, collective))
+  return found, unresolved
 
 
 @dataclasses.dataclass
@@ -248,13 +321,15 @@ class ScopeCost:
   memory_bound_seconds: float = 0.0
   flops: int = 0
   bytes: int = 0
-  kernels: int = 0
+  launches: int = 0
 
 
 def by_scope(found: list[Kernel], peak_flops: float, bandwidth: float, depth: int = 4) -> list[ScopeCost]:
-  """Kernels grouped by the first `depth` parts of their scope, slowest first."""
+  """Kernels (collectives left out) grouped by the first `depth` parts of their scope, slowest first."""
   groups: dict[str, ScopeCost] = {}
   for kernel in found:
+    if kernel.collective:
+      continue
     scope = "/".join(part for part in kernel.scope.split("/")[:depth] if part) or "(no scope)"
     cost = groups.setdefault(scope, ScopeCost(scope))
     seconds = kernel.seconds(peak_flops, bandwidth)
@@ -262,19 +337,20 @@ def by_scope(found: list[Kernel], peak_flops: float, bandwidth: float, depth: in
     cost.memory_bound_seconds += seconds if kernel.bytes * peak_flops > kernel.flops * bandwidth else 0.0
     cost.flops += kernel.count * kernel.flops
     cost.bytes += kernel.count * kernel.bytes
-    cost.kernels += kernel.count
+    cost.launches += kernel.count
   return sorted(groups.values(), key=lambda cost: -cost.seconds)
 
 
 def summary(hlo_text: str, peak_flops: float, bandwidth: float, model_flops: float, top: int = 10) -> dict[str, Any]:
-  """The roofline of one device's program: its FLOPs and bytes, the least time they take at `peak_flops` and
-  `bandwidth`, the highest MFU that allows for `model_flops` per device, and the `top` costliest layers."""
-  found = kernels(hlo_text)
-  bound = sum(kernel.seconds(peak_flops, bandwidth) for kernel in found)
+  """The roofline of one device's program: its FLOPs and HBM bytes, the least time they take at `peak_flops` and
+  `bandwidth`, the highest MFU that allows for `model_flops` per device, the `top` costliest layers, the bytes of
+  its collectives, and what could not be resolved."""
+  found, unresolved = kernels(hlo_text)
   layers = by_scope(found, peak_flops, bandwidth)
+  bound = sum(layer.seconds for layer in layers)
   return {"peak_flops": peak_flops, "bandwidth": bandwidth,
-          "program_flops": sum(kernel.count * kernel.flops for kernel in found),
-          "bytes": sum(kernel.count * kernel.bytes for kernel in found), "bound_s": bound,
-          "memory_bound_s": sum(layer.memory_bound_seconds for layer in layers),
+          "program_flops": sum(layer.flops for layer in layers), "bytes": sum(layer.bytes for layer in layers),
+          "bound_s": bound, "memory_bound_s": sum(layer.memory_bound_seconds for layer in layers),
           "mfu_ceiling": model_flops / (bound * peak_flops) if bound > 0 else None,
+          "collective_bytes": sum(k.count * k.bytes for k in found if k.collective), "unresolved": unresolved,
           "layers": [dataclasses.asdict(layer) for layer in layers[:top]]}
