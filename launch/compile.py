@@ -1,4 +1,5 @@
-r"""Compiles the train step ahead of time for a TPU slice, a GPU model or this host's devices; reports memory per chip.
+r"""Compiles the train step (or one network pass) ahead of time for a TPU slice, a GPU model or this host's devices;
+reports memory per chip.
 
   python launch/compile.py --config=configs/base.py:default --topology=v5p-256 --batch_size=1024 \
       --height=512 --width=512 --config.mesh.shape="(1,-1,1)"
@@ -8,6 +9,8 @@ r"""Compiles the train step ahead of time for a TPU slice, a GPU model or this h
       --height=512 --width=512 --config.model.remat_policy=save_attention
   python launch/compile.py --config=configs/base.py:default --topology=h100x1 --batch_size=32 \
       --height=512 --width=512 --text_cache --teacher_cache --roofline_layers=12
+  python launch/compile.py --config=configs/base.py:default --topology=h100x1 --program=forward \
+      --batch_size=16 --height=512 --width=512 --roofline_layers=6
 
 Runs on a CPU host: TPU slices need libtpu (`pip install 'jax[tpu]'`) but no TPU, GPU models the JAX CUDA
 plugin (`pip install 'jax[cuda12]'`) but no GPU. Nothing is allocated: state, batch and RNG are shapes, so a
@@ -42,6 +45,8 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch (default: t
 _JSON = flags.DEFINE_string("json", None, "Write the report as JSON to this file.")
 _TEXT_CACHE = flags.DEFINE_bool("text_cache", False, "Compile the step that reads cached text encodings (no Qwen3).")
 _TEACHER_CACHE = flags.DEFINE_bool("teacher_cache", False, "Compile the REPA step that reads cached DINOv3 features.")
+_PROGRAM = flags.DEFINE_enum("program", "train", ["train", "forward"], "The train step, or one network pass "
+                             "(a sampling step's work: no remat, no encoders; --batch_size counts the guided batch).")
 _LAYERS = flags.DEFINE_integer("roofline_layers", 0, "Also print the roofline of this many costliest layers "
                                "(the JSON report carries them, or the 10 costliest).")
 
@@ -61,11 +66,16 @@ def main(argv):
     target = aot.compile_target(_TOPOLOGY.value, _NUM_SLICES.value)
   except aot.CompileError as error:  # the command line names no target this host can describe
     raise app.UsageError(str(error)) from error
+  if _PROGRAM.value == "forward" and (_TEXT_CACHE.value or _TEACHER_CACHE.value):
+    raise app.UsageError("--text_cache and --teacher_cache apply to --program=train: a network pass runs no encoder")
+  shape = dict(height=_HEIGHT.value or size, width=_WIDTH.value or size,
+               batch_size=_BATCH_SIZE.value or config.train.batch_size, roofline_layers=_LAYERS.value or 10)
   try:
-    report = aot.compile_train_step(config, target, height=_HEIGHT.value or size, width=_WIDTH.value or size,
-                                    batch_size=_BATCH_SIZE.value or config.train.batch_size,
-                                    roofline_layers=_LAYERS.value or 10, text_cache=_TEXT_CACHE.value,
-                                    teacher_cache=_TEACHER_CACHE.value)
+    if _PROGRAM.value == "forward":
+      report = aot.compile_forward(config, target, **shape)
+    else:
+      report = aot.compile_train_step(config, target, **shape, text_cache=_TEXT_CACHE.value,
+                                      teacher_cache=_TEACHER_CACHE.value)
   except aot.CompileError as error:
     sys.exit(f"launch/compile.py: {error}")
   except ValueError as error:
@@ -77,7 +87,8 @@ def main(argv):
       f"{memory['peak_bytes'] / 2**30:.2f} GiB per device (arguments {memory['argument_bytes'] / 2**30:.2f}, "
       f"outputs {memory['output_bytes'] / 2**30:.2f}, donated {memory['alias_bytes'] / 2**30:.2f}, "
       f"temporaries {memory['temp_bytes'] / 2**30:.2f})")
-  print(f"compiled the train step for {report['num_devices']} x {report['device_kind']} ({_TOPOLOGY.value}), mesh "
+  program = "the train step" if _PROGRAM.value == "train" else "one network pass"
+  print(f"compiled {program} for {report['num_devices']} x {report['device_kind']} ({_TOPOLOGY.value}), mesh "
         f"{report['mesh']}, batch {report['batch_size']} of {report['height']}x{report['width']} in "
         f"{report['compile_s']:.1f} s: {summary}")
   print(f"custom calls: {report['custom_calls'] or 'none'}")

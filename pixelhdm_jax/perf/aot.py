@@ -26,6 +26,7 @@ import ml_collections
 from pixelhdm_jax import parallel
 from pixelhdm_jax.config import check_backend, validate
 from pixelhdm_jax.models.layers import abstract_key, compute_dtype
+from pixelhdm_jax.models.pixelhdm import PixelHDM, abstract_params
 from pixelhdm_jax.perf import flops, gpu_targets, roofline, target
 from pixelhdm_jax.train.setup import Trainer, build_trainer
 from pixelhdm_jax.train.step import TEACHER_FEATURES
@@ -231,21 +232,61 @@ def compile_train_step(config: ml_collections.ConfigDict, compile_for: CompileTa
                          f"of {height}x{width}, remat_policy={config.model.remat_policy}): {reason}. Use a smaller "
                          "batch, model.remat_policy=full, or more devices") from error
     seconds = time.perf_counter() - started
+  model_flops = flops.train_step_flops(config.model, height, width, config.text.max_length) * batch_size / len(devices)
+  return _report(compiled, compile_for, model_flops, roofline_layers,
+                 {"mesh": dict(mesh.shape), "height": height, "width": width, "batch_size": batch_size,
+                  "batch_per_shard": batch_size // parallel.batch_devices(mesh, rules), "repa": repa,
+                  "attention": config.model.attention, "remat_policy": config.model.remat_policy,
+                  "compile_s": seconds, "text_cache": text_cache, "teacher_cache": teacher_cache and repa})
+
+
+def compile_forward(config: ml_collections.ConfigDict, compile_for: CompileTarget, *, height: int, width: int,
+                    batch_size: int, roofline_layers: int = 10) -> dict[str, Any]:
+  """Compiles one network pass (a sampling step's work: no remat, no encoders) for a target from shapes only;
+  returns the report: compile time, memory per device, custom calls and, for a known device, the roofline."""
+  devices, platform = compile_for.devices, compile_for.platform
+  config = validate(config)
+  check_backend(config, platform)
+  mesh = parallel.create_mesh(config.mesh, devices)
+  rules = parallel.logical_rules(config.mesh)
+  check_batch(batch_size, mesh, rules)
+  with target.compiling_for(platform), jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    model = PixelHDM.from_config(config.model, remat_policy="none")
+    boxed = abstract_params(model)
+    shapes = jax.tree.map(lambda box: box.unbox(apply_constraint=False), boxed,
+                          is_leaf=lambda leaf: isinstance(leaf, nn.LogicallyPartitioned))
+    params = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+                          shapes, parallel.param_shardings(boxed, mesh, rules))
+    batch = parallel.batch_sharding(mesh, rules)
+    text, text_width = config.text.max_length, config.model.text_dim
+    inputs = [jax.ShapeDtypeStruct(shape, dtype, sharding=batch) for shape, dtype in (
+        ((batch_size, height, width, 3), jnp.float32), ((batch_size,), jnp.float32),
+        ((batch_size, text, text_width), model.dtype), ((batch_size, text), jnp.bool_),
+        ((batch_size, text_width), model.dtype))]
+    started = time.perf_counter()
+    forward = jax.jit(lambda weights, *args: model.apply({"params": weights}, *args).velocity)
+    compiled = forward.lower(params, *inputs).compile(compiler_options=dict(compile_for.compiler_options) or None)
+    seconds = time.perf_counter() - started
+  model_flops = flops.forward_flops(config.model, height, width, text).total * batch_size / len(devices)
+  return _report(compiled, compile_for, model_flops, roofline_layers,
+                 {"mesh": dict(mesh.shape), "height": height, "width": width, "batch_size": batch_size,
+                  "compile_s": seconds, "attention": config.model.attention})
+
+
+def _report(compiled: Any, compile_for: CompileTarget, model_flops: float, roofline_layers: int,
+            fields: dict[str, Any]) -> dict[str, Any]:
+  """What every compile reports: the target, memory per device and whether it fits, custom calls, the roofline."""
+  devices = compile_for.devices
   memory = program_memory(compiled)
   capacity = compile_for.device_memory_bytes
   kind = devices[0].device_kind
   peak, bandwidth = flops.peak_flops(kind), flops.peak_bandwidth(kind)
-  model_flops = flops.train_step_flops(config.model, height, width, config.text.max_length) * batch_size / len(devices)
   bound = None if peak is None or bandwidth is None else roofline.summary(compiled.as_text(), peak, bandwidth,
                                                                            model_flops, roofline_layers)
-  return {"platform": platform, "device_kind": devices[0].device_kind, "num_devices": len(devices),
-          "mesh": dict(mesh.shape), "height": height, "width": width, "batch_size": batch_size,
-          "batch_per_shard": batch_size // parallel.batch_devices(mesh, rules), "repa": repa,
-          "attention": config.model.attention, "remat_policy": config.model.remat_policy, "compile_s": seconds,
+  return {"platform": compile_for.platform, "device_kind": kind, "num_devices": len(devices), **fields,
           "memory_per_device": None if memory is None else memory.as_dict(), "device_memory_bytes": capacity,
           "fits": None if memory is None or capacity is None else memory.peak_bytes <= capacity,
-          "custom_calls": custom_calls(compiled), "model_flops_per_device": model_flops, "roofline": bound,
-          "text_cache": text_cache, "teacher_cache": teacher_cache and repa}
+          "custom_calls": custom_calls(compiled), "model_flops_per_device": model_flops, "roofline": bound}
 
 
 def custom_calls(compiled: Any) -> dict[str, int]:

@@ -125,6 +125,13 @@ def test_random_full_encoders_have_the_real_shapes_without_allocating():
     build_text_encoder(base.get_config("default"), with_params=False)
 
 
+def test_the_launcher_refuses_caches_for_a_network_pass():
+  command = [sys.executable, str(REPO / "launch" / "compile.py"), "--config=configs/base.py:tiny", "--program=forward",
+             "--text_cache"]
+  done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode == 2 and "--text_cache and --teacher_cache apply to --program=train" in done.stderr
+
+
 @pytest.mark.slow
 def test_compile_launcher(tmp_path):
   """launch/compile.py for this host's devices (8 simulated CPU devices)."""

@@ -175,6 +175,18 @@ def test_the_report_of_a_compile_carries_the_roofline_of_a_device_with_a_known_p
   assert (bound["collective_bytes"] > 0) == (report["num_devices"] > 1)  # the simulated devices' all-reduces
 
 
+def test_one_network_pass_does_the_flops_of_the_analytic_counter(monkeypatch):
+  """The compiled forward, sharded over the simulated devices, against flops.forward_flops (perf/flops.py)."""
+  from configs import base
+  from pixelhdm_jax.perf import flops
+  monkeypatch.setattr(flops, "peak_flops", lambda kind: 1e12)
+  monkeypatch.setattr(flops, "peak_bandwidth", lambda kind: 1e11)
+  report = aot.compile_forward(base.get_config("tiny"), aot.compile_target(aot.LOCAL), height=32, width=64,
+                               batch_size=8)
+  assert report["num_devices"] == len(jax.devices()) and report["memory_per_device"]["peak_bytes"] > 0
+  assert report["roofline"]["program_flops"] == pytest.approx(report["model_flops_per_device"], rel=1e-9)
+
+
 def test_an_h100_program_counts_its_cublas_matmul_and_cudnn_attention():
   try:
     gpu = aot.compile_target("h100x1")
