@@ -199,6 +199,16 @@ def check_batch(batch_size: int, mesh: jax.sharding.Mesh, rules: parallel.Rules)
                      f"(mesh {dict(mesh.shape)}): use a multiple of {devices}")
 
 
+def _mesh(config: ml_collections.ConfigDict, compile_for: CompileTarget,
+          batch_size: int) -> tuple[jax.sharding.Mesh, parallel.Rules]:
+  """The mesh and logical rules of a compile, after checking the backend and that the batch splits over them."""
+  check_backend(config, compile_for.platform)
+  mesh = parallel.create_mesh(config.mesh, compile_for.devices)
+  rules = parallel.logical_rules(config.mesh)
+  check_batch(batch_size, mesh, rules)
+  return mesh, rules
+
+
 def compile_train_step(config: ml_collections.ConfigDict, compile_for: CompileTarget, *, height: int, width: int,
                        batch_size: int, roofline_layers: int = 10, text_cache: bool = False,
                        teacher_cache: bool = False) -> dict[str, Any]:
@@ -210,10 +220,7 @@ def compile_train_step(config: ml_collections.ConfigDict, compile_for: CompileTa
   config = validate(random_encoders(config))
   text_cache = text_cache or config.text.cache  # a config's own text.cache=True compiles the cached step too
   config.text.cache = text_cache  # after validate: no dataset is read, the batch has the cache's shapes
-  check_backend(config, platform)
-  mesh = parallel.create_mesh(config.mesh, devices)
-  rules = parallel.logical_rules(config.mesh)
-  check_batch(batch_size, mesh, rules)
+  mesh, rules = _mesh(config, compile_for, batch_size)
   with target.compiling_for(platform), jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     trainer = build_trainer(config, mesh, rules, with_encoder_params=False)
     repa = trainer.has_teacher
@@ -246,17 +253,11 @@ def compile_forward(config: ml_collections.ConfigDict, compile_for: CompileTarge
   returns the report: compile time, memory per device, custom calls and, for a known device, the roofline."""
   devices, platform = compile_for.devices, compile_for.platform
   config = validate(config)
-  check_backend(config, platform)
-  mesh = parallel.create_mesh(config.mesh, devices)
-  rules = parallel.logical_rules(config.mesh)
-  check_batch(batch_size, mesh, rules)
+  mesh, rules = _mesh(config, compile_for, batch_size)
   with target.compiling_for(platform), jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     model = PixelHDM.from_config(config.model, remat_policy="none")
     boxed = abstract_params(model)
-    shapes = jax.tree.map(lambda box: box.unbox(apply_constraint=False), boxed,
-                          is_leaf=lambda leaf: isinstance(leaf, nn.LogicallyPartitioned))
-    params = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-                          shapes, parallel.param_shardings(boxed, mesh, rules))
+    params = parallel.abstract_arrays(parallel.strip_boxes(boxed), parallel.param_shardings(boxed, mesh, rules))
     batch = parallel.batch_sharding(mesh, rules)
     text, text_width = config.text.max_length, config.model.text_dim
     inputs = [jax.ShapeDtypeStruct(shape, dtype, sharding=batch) for shape, dtype in (

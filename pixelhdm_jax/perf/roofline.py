@@ -217,8 +217,8 @@ def _fusion_bytes(instruction: Instruction, computations: dict[str, list[Instruc
     for position, operand in enumerate(inner.operands):
       users[operand].append((inner, position))
   root = next((inner for inner in body if inner.root), None)
-  results = ([_through_bitcasts(name, by_name) for name in root.operands] if root is not None and
-             root.opcode == "tuple" else [_through_bitcasts(root.name, by_name)] if root is not None else [])
+  outputs = [] if root is None else list(root.operands) if root.opcode == "tuple" else [root.name]
+  results = [_through_bitcasts(name, by_name) for name in outputs]
   written, in_place = 0, set()
   for result in results:
     update = by_name.get(result)
