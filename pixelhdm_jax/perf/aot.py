@@ -229,15 +229,9 @@ def compile_train_step(config: ml_collections.ConfigDict, compile_for: CompileTa
     rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=trainer.shardings.step)
     started = time.perf_counter()
     lowered = trainer.step_fn(repa).lower(trainer.abstract_state(), trainer.frozen, batch, rng)
-    try:
-      compiled = lowered.compile(compiler_options=dict(compile_for.compiler_options) or None)
-    except jax.errors.JaxRuntimeError as error:
-      if "RESOURCE_EXHAUSTED" not in str(error):
-        raise
-      reason = str(error).rstrip(".")
-      raise CompileError(f"the train step does not fit {len(devices)} x {devices[0].device_kind} (batch {batch_size} "
-                         f"of {height}x{width}, remat_policy={config.model.remat_policy}): {reason}. Use a smaller "
-                         "batch, model.remat_policy=full, or more devices") from error
+    compiled = _compile(lowered, compile_for, f"the train step (batch {batch_size} of {height}x{width}, "
+                        f"remat_policy={config.model.remat_policy})",
+                        "Use a smaller batch, model.remat_policy=full, or more devices")
     seconds = time.perf_counter() - started
   model_flops = flops.train_step_flops(config.model, height, width, config.text.max_length) * batch_size / len(devices)
   return _report(compiled, compile_for, model_flops, roofline_layers,
@@ -266,12 +260,28 @@ def compile_forward(config: ml_collections.ConfigDict, compile_for: CompileTarge
         ((batch_size, text_width), model.dtype))]
     started = time.perf_counter()
     forward = jax.jit(lambda weights, *args: model.apply({"params": weights}, *args).velocity)
-    compiled = forward.lower(params, *inputs).compile(compiler_options=dict(compile_for.compiler_options) or None)
+    compiled = _compile(forward.lower(params, *inputs), compile_for,
+                        f"one network pass (batch {batch_size} of {height}x{width})",
+                        "Use a smaller batch or more devices")
     seconds = time.perf_counter() - started
   model_flops = flops.forward_flops(config.model, height, width, text).total * batch_size / len(devices)
   return _report(compiled, compile_for, model_flops, roofline_layers,
                  {"mesh": dict(mesh.shape), "height": height, "width": width, "batch_size": batch_size,
                   "compile_s": seconds, "attention": config.model.attention})
+
+
+def _compile(lowered: Any, compile_for: CompileTarget, program: str, remedy: str) -> Any:
+  """Compiles for the target; a program the compiler finds too large (TPU) becomes a one-line CompileError that
+  names the program, the target and `remedy`."""
+  try:
+    return lowered.compile(compiler_options=dict(compile_for.compiler_options) or None)
+  except jax.errors.JaxRuntimeError as error:
+    if "RESOURCE_EXHAUSTED" not in str(error):
+      raise
+    devices = compile_for.devices
+    reason = str(error).rstrip(".")
+    raise CompileError(f"{program} does not fit {len(devices)} x {devices[0].device_kind}: {reason}. "
+                       f"{remedy}") from error
 
 
 def _report(compiled: Any, compile_for: CompileTarget, model_flops: float, roofline_layers: int,

@@ -88,8 +88,12 @@ def test_compile_for_a_tpu_slice_without_a_tpu():
   assert report["mesh"] == {"data": 1, "fsdp": 16, "tensor": 1} and report["memory_per_device"]["peak_bytes"] > 0
   assert "tpu_custom_call" in report["custom_calls"]  # `auto` attention became the splash kernel
   assert report["fits"] is None  # the TPU compiler itself checks
-  with pytest.raises(aot.CompileError, match=r"does not fit 16 x TPU v5 lite .*RESOURCE_EXHAUSTED.*smaller batch"):
+  with pytest.raises(aot.CompileError, match=r"the train step \(batch 2048 of 512x512, remat_policy=none\) does not "
+                     r"fit 16 x TPU v5 lite: .*RESOURCE_EXHAUSTED.*smaller batch"):
     aot.compile_train_step(base.get_config("tiny"), slice_, height=512, width=512, batch_size=2048)
+  with pytest.raises(aot.CompileError, match=r"one network pass \(batch 65536 of 512x512\) does not fit 16 x TPU v5 lite"
+                     r": .*RESOURCE_EXHAUSTED.*smaller batch or more devices"):
+    aot.compile_forward(base.get_config("tiny"), slice_, height=512, width=512, batch_size=65536)
 
 
 def test_compile_for_gpus_without_a_gpu():
