@@ -31,7 +31,7 @@ from absl import app, flags
 
 from pixelhdm_jax import cli
 from pixelhdm_jax.compilation_cache import configure_compilation_cache
-from pixelhdm_jax.perf import aot
+from pixelhdm_jax.perf import aot, roofline
 from pixelhdm_jax.perf.gpu_targets import GPUS
 
 _CONFIG = cli.define_config("default", "Config file with a preset.")
@@ -98,7 +98,7 @@ def main(argv):
           f"{bound['program_flops'] / 1e12:.1f} TFLOP and {bound['bytes'] / 1e9:.1f} GB per device take at least "
           f"{bound['bound_s'] * 1e3:.1f} ms ({bound['memory_bound_s'] * 1e3:.1f} ms in memory-bound kernels): "
           f"MFU at most {bound['mfu_ceiling'] or 0:.1%}; collectives move {bound['collective_bytes'] / 1e9:.1f} GB")
-    for note in bound["unresolved"]:
+    for note in roofline.grouped(bound["unresolved"]):
       print(f"  roofline: {note}")
     for layer in bound["layers"][:_LAYERS.value]:
       print(f"  {layer['seconds'] * 1e3:8.1f} ms  memory-bound {layer['memory_bound_seconds'] * 1e3:7.1f} ms  "
@@ -108,9 +108,10 @@ def main(argv):
       json.dump(report, f, indent=2)
     print(f"wrote {_JSON.value}")
   if report["fits"] is False:
-    sys.exit(f"launch/compile.py: the train step needs {memory['peak_bytes'] / 2**30:.2f} GiB per device, more than "
+    remat = ", model.remat_policy=full," if _PROGRAM.value == "train" else ""
+    sys.exit(f"launch/compile.py: {program} needs {memory['peak_bytes'] / 2**30:.2f} GiB per device, more than "
              f"the {report['device_memory_bytes'] / 2**30:.2f} GiB of one {report['device_kind']}: use a smaller "
-             "batch, model.remat_policy=full, or more devices")
+             f"batch{remat} or more devices")
 
 
 if __name__ == "__main__":

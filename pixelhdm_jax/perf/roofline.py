@@ -21,6 +21,7 @@ _BITS = {"pred": 8, "s2": 2, "u2": 2, "s4": 4, "u4": 4, "s8": 8, "u8": 8, "s16":
          "f4e2m1fn": 4, "f8e3m4": 8, "f8e4m3": 8, "f8e4m3fn": 8, "f8e4m3fnuz": 8, "f8e4m3b11fnuz": 8, "f8e5m2": 8,
          "f8e5m2fnuz": 8, "f8e8m0fnu": 8, "token": 0}
 _ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,<=]*)\]")
+_TILED_LAYOUT = re.compile(r"\{([0-9,]+):T\(")  # a layout's minor-to-major order, when tiles follow it
 _HEADER = re.compile(r"^(ENTRY )?%(\S+) .*\{$")
 _INSTRUCTION = re.compile(r"^\s+(ROOT )?%(\S+) = (.*?) ([a-z][a-z0-9\-]*)\((.*)$")
 # Opcodes that launch no kernel: views, tuples, control flow (its bodies are counted), markers, async halves.
@@ -206,8 +207,8 @@ def _through_bitcasts(name: str, by_name: dict[str, Instruction]) -> str:
 
 def _fusion_bytes(instruction: Instruction, computations: dict[str, list[Instruction]],
                   shapes: dict[str, str]) -> int:
-  """Operands and results of a fusion; an operand it only slices counts the slices, a buffer it updates in place
-  (a dynamic-update-slice among its results, also behind bitcasts or in a tuple) counts the update."""
+  """Operands and results of a fusion; an operand it only slices (also behind bitcasts) counts the slices, a buffer
+  it updates in place (a dynamic-update-slice among its results, also behind bitcasts or in a tuple) the update."""
   body = computations.get(_called(instruction.line, "calls") or "", [])
   by_name = {inner.name: inner for inner in body}
   parameters = {_integer(r"parameter\((\d+)\)", inner.line): inner.name for inner in body
@@ -232,14 +233,43 @@ def _fusion_bytes(instruction: Instruction, computations: dict[str, list[Instruc
   read = 0
   for position, operand in enumerate(instruction.operands):
     parameter = parameters.get(position)
-    uses = users.get(parameter, [])
     if parameter in in_place:
       continue
-    if uses and all(user.opcode in ("slice", "dynamic-slice") and at == 0 for user, at in uses):
-      read += sum(array_bytes(user.shape) for user, _ in uses)
-    else:
-      read += array_bytes(shapes.get(operand, ""))
+    sliced = _sliced_bytes(parameter, users, by_name)
+    read += array_bytes(shapes.get(operand, "")) if sliced is None else sliced
   return read + written
+
+
+def _sliced_bytes(name: str | None, users: dict[str, list[tuple[Instruction, int]]],
+                  by_name: dict[str, Instruction]) -> int | None:
+  """The bytes of the slices a fusion reads of `name` when it only slices it, directly or behind bitcasts (a wide
+  matmul output whose column blocks feed separate fusions); None when some use reads it whole."""
+  uses = users.get(name or "", [])
+  if not uses:
+    return None
+  total = 0
+  for user, position in uses:
+    if user.opcode == "bitcast":
+      part = _sliced_bytes(user.name, users, by_name)
+    elif user.opcode in ("slice", "dynamic-slice") and position == 0 \
+        and not _reads_whole_tiles(user, by_name[name].shape):
+      part = array_bytes(user.shape)
+    else:
+      part = None
+    if part is None:
+      return None
+    total += part
+  return total
+
+
+def _reads_whole_tiles(slice_: Instruction, operand_shape: str) -> bool:
+  """Whether a slice cuts one of the two tiled (minor-most) dimensions of a tiled layout (TPU, `T(8,128)`): it then
+  reads whole tiles, so the operand counts whole."""
+  tiled = _TILED_LAYOUT.search(operand_shape)
+  if tiled is None:
+    return False
+  full, kept = _dims(operand_shape), _dims(slice_.shape)
+  return any(full[int(d)] != kept[int(d)] for d in tiled.group(1).split(",")[:2])
 
 
 def _bytes(instruction: Instruction, computations: dict[str, list[Instruction]], shapes: dict[str, str]) -> int:
@@ -311,6 +341,18 @@ def kernels(hlo_text: str) -> tuple[list[Kernel], list[str]]:
                           _bytes(instruction, computations, shapes),
                           0 if collective else _flops(instruction, computations, shapes), count, collective))
   return found, unresolved
+
+
+def grouped(unresolved: list[str]) -> list[str]:
+  """`kernels`' notes ("<kind> <instruction>: <what>") one line per kind and what, with how many there are: a TPU
+  program has hundreds of alike async slices."""
+  groups = collections.defaultdict(list)
+  for note in unresolved:
+    head, what = note.split(": ", 1)
+    kind, name = head.rsplit(" ", 1)
+    groups[kind, what].append(name)
+  return [f"{kind} {names[0]}: {what}" if len(names) == 1 else f"{len(names)} x {kind} ({names[0]}, ...): {what}"
+          for (kind, what), names in groups.items()]
 
 
 @dataclasses.dataclass

@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -91,8 +92,8 @@ def test_compile_for_a_tpu_slice_without_a_tpu():
   with pytest.raises(aot.CompileError, match=r"the train step \(batch 2048 of 512x512, remat_policy=none\) does not "
                      r"fit 16 x TPU v5 lite: .*RESOURCE_EXHAUSTED.*smaller batch"):
     aot.compile_train_step(base.get_config("tiny"), slice_, height=512, width=512, batch_size=2048)
-  with pytest.raises(aot.CompileError, match=r"one network pass \(batch 65536 of 512x512\) does not fit 16 x TPU v5 lite"
-                     r": .*RESOURCE_EXHAUSTED.*smaller batch or more devices"):
+  with pytest.raises(aot.CompileError, match=r"one network pass \(batch 65536 of 512x512\) does not fit 16 x TPU v5 "
+                     r"lite: .*RESOURCE_EXHAUSTED.*smaller batch or more devices"):
     aot.compile_forward(base.get_config("tiny"), slice_, height=512, width=512, batch_size=65536)
 
 
@@ -127,6 +128,17 @@ def test_random_full_encoders_have_the_real_shapes_without_allocating():
   assert text.module.arch == QWEN3_0_6B and dino.module.arch == DINOV3_VITB16  # the sizes flops.py counts
   with pytest.raises(ConfigError, match="needs text.source=random or random_full"):
     build_text_encoder(base.get_config("default"), with_params=False)
+
+
+def test_the_launcher_exits_when_a_network_pass_does_not_fit_a_gpu():
+  """The GPU compiler does not check memory: the launcher compares the peak with the card's and names the program."""
+  _target_or_install_hint("h100x1", "jax[cuda12]")
+  command = [sys.executable, str(REPO / "launch" / "compile.py"), "--config=configs/base.py:tiny", "--program=forward",
+             "--topology=h100x1", "--batch_size=4096", "--height=512", "--width=512"]
+  done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+  assert done.returncode == 1, done.stderr[-3000:]
+  assert re.search(r"launch/compile.py: one network pass needs [0-9.]+ GiB per device, more than the [0-9.]+ GiB of "
+                   r"one NVIDIA H100 80GB HBM3: use a smaller batch or more devices", done.stderr), done.stderr[-3000:]
 
 
 def test_the_launcher_refuses_caches_for_a_network_pass():

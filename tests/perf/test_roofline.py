@@ -84,6 +84,86 @@ def test_an_in_place_update_behind_a_bitcast_in_a_tuple_counts_the_row():
   assert kernel.bytes == 4 * 1024 + 4 + 4 * 1024 + 4 * 1024  # row read, index read, row written twice (2 results)
 
 
+# Two fusions reading column blocks of one wide (64 x 96) matmul output behind a bitcast, as the pixel AdaLN's six
+# modulations are read on GPU: `modulate` slices two 16-wide blocks; `gate` slices one and also sums all of it.
+COLUMN_BLOCKS = """
+%modulate (wide: f32[64,96], x: f32[4,16,16]) -> f32[4,16,16] {
+  %wide = f32[64,96]{1,0} parameter(0)
+  %x = f32[4,16,16]{2,1,0} parameter(1)
+  %view = f32[4,16,96]{2,1,0} bitcast(%wide)
+  %scale = f32[4,16,16]{2,1,0} slice(%view), slice={[0:4], [0:16], [0:16]}
+  %shift = f32[4,16,16]{2,1,0} slice(%view), slice={[0:4], [0:16], [16:32]}
+  %scaled = f32[4,16,16]{2,1,0} multiply(%x, %scale)
+  ROOT %out = f32[4,16,16]{2,1,0} add(%scaled, %shift)
+}
+
+%sum (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %s = f32[] add(%a, %b)
+}
+
+%gate (wide: f32[64,96], x: f32[4,16,16]) -> (f32[4,16,16], f32[]) {
+  %wide.g = f32[64,96]{1,0} parameter(0)
+  %x.g = f32[4,16,16]{2,1,0} parameter(1)
+  %view.g = f32[4,16,96]{2,1,0} bitcast(%wide.g)
+  %block = f32[4,16,16]{2,1,0} slice(%view.g), slice={[0:4], [0:16], [32:48]}
+  %gated = f32[4,16,16]{2,1,0} multiply(%x.g, %block)
+  %zero = f32[] constant(0)
+  %total = f32[] reduce(%view.g, %zero), dimensions={0,1,2}, to_apply=%sum
+  ROOT %out.g = (f32[4,16,16]{2,1,0}, f32[]) tuple(%gated, %total)
+}
+
+ENTRY %main (wide: f32[64,96], x: f32[4,16,16]) -> (f32[4,16,16], f32[]) {
+  %wide.e = f32[64,96]{1,0} parameter(0)
+  %x.e = f32[4,16,16]{2,1,0} parameter(1)
+  %m = f32[4,16,16]{2,1,0} fusion(%wide.e, %x.e), kind=kLoop, calls=%modulate
+  ROOT %g = (f32[4,16,16]{2,1,0}, f32[]) fusion(%wide.e, %m), kind=kLoop, calls=%gate
+}
+"""
+
+
+def test_column_blocks_of_a_wide_output_behind_a_bitcast_count_the_blocks():
+  kernels, _ = found(COLUMN_BLOCKS)
+  bytes_of = {k.name: k.bytes for k in kernels}
+  block = 4 * 16 * 16 * 4
+  assert bytes_of["m"] == 2 * block + block + block  # two blocks of the wide output, x, the result
+  assert bytes_of["g"] == 64 * 96 * 4 + block + block + 4  # read whole by its reduce: all of it counts
+
+
+# The same reads on a tiled (TPU) layout: a block of the tiled minor dimension reads whole tiles, a block of rows
+# does not.
+TILED_BLOCKS = """
+%blocks (wide: bf16[64,96]) -> (bf16[4,16,16], bf16[1,16,96]) {
+  %wide = bf16[64,96]{1,0:T(8,128)} parameter(0)
+  %view = bf16[4,16,96]{2,1,0:T(8,128)} bitcast(%wide)
+  %columns = bf16[4,16,16]{2,1,0:T(8,128)} slice(%view), slice={[0:4], [0:16], [0:16]}
+  %rows = bf16[1,16,96]{2,1,0:T(8,128)} slice(%view), slice={[0:1], [0:16], [0:96]}
+  ROOT %out = (bf16[4,16,16]{2,1,0:T(8,128)}, bf16[1,16,96]{2,1,0:T(8,128)}) tuple(%columns, %rows)
+}
+
+%rows_only (wide: bf16[64,96]) -> bf16[1,16,96] {
+  %wide.r = bf16[64,96]{1,0:T(8,128)} parameter(0)
+  %view.r = bf16[4,16,96]{2,1,0:T(8,128)} bitcast(%wide.r)
+  ROOT %rows.r = bf16[1,16,96]{2,1,0:T(8,128)} slice(%view.r), slice={[2:3], [0:16], [0:96]}
+}
+
+ENTRY %main (wide: bf16[64,96]) -> bf16[1,16,96] {
+  %wide.e = bf16[64,96]{1,0:T(8,128)} parameter(0)
+  %b = (bf16[4,16,16]{2,1,0:T(8,128)}, bf16[1,16,96]{2,1,0:T(8,128)}) fusion(%wide.e), kind=kLoop, calls=%blocks
+  ROOT %r = bf16[1,16,96]{2,1,0:T(8,128)} fusion(%wide.e), kind=kLoop, calls=%rows_only
+}
+"""
+
+
+def test_a_block_of_a_tiled_minor_dimension_reads_whole_tiles():
+  kernels, _ = found(TILED_BLOCKS)
+  bytes_of = {k.name: k.bytes for k in kernels}
+  written = 2 * (4 * 16 * 16 + 16 * 96)
+  assert bytes_of["b"] == 2 * 64 * 96 + written  # the column block makes it read the whole operand
+  assert bytes_of["r"] == 2 * 16 * 96 * 2  # a block of rows: read and written
+
+
 BRANCHES = """
 %cheap (x: f32[1000]) -> f32[1000] {
   %x = f32[1000]{0} parameter(0)
@@ -121,6 +201,29 @@ def test_a_loop_of_unknown_length_counts_once_and_says_so():
   kernels, unresolved = found(program)
   assert totals(kernels)[0] == 2 * 64 ** 3
   assert len(unresolved) == 1 and "trip count unknown" in unresolved[0]
+
+
+# Async slices in short form, as a TPU program prefetches weight blocks into its on-chip memory (`S(1)`).
+PREFETCHES = """
+ENTRY %main (w: s8[4096]) -> (s8[1024], s8[1024]) {
+  %w = s8[4096]{0} parameter(0)
+  %slice-start.7 = ((s8[4096]{0}), s8[1024]{0:S(1)}, s32[]) slice-start(%w), slice={[0:1024]}
+  %slice-start.8 = ((s8[4096]{0}), s8[1024]{0:S(1)}, s32[]) slice-start(%w), slice={[1024:2048]}
+  %slice-done.7 = s8[1024]{0:S(1)} slice-done(%slice-start.7)
+  %slice-done.8 = s8[1024]{0:S(1)} slice-done(%slice-start.8)
+  ROOT %both = (s8[1024]{0:S(1)}, s8[1024]{0:S(1)}) tuple(%slice-done.7, %slice-done.8)
+}
+"""
+
+
+def test_async_ops_in_short_form_are_not_counted_and_their_notes_are_grouped():
+  kernels, unresolved = found(PREFETCHES)
+  assert kernels == [] and unresolved == [f"slice-start slice-start.{i}: an async op in short form, not counted"
+                                          for i in (7, 8)]
+  _, branch = found(BRANCHES)
+  assert roofline.grouped(unresolved + branch) == [
+      "2 x slice-start (slice-start.7, ...): an async op in short form, not counted",
+      "conditional c: every branch counted"]
 
 
 def test_a_strided_patch_convolution_and_a_depthwise_one_count_their_multiplies():
