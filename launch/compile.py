@@ -108,10 +108,9 @@ def main(argv):
       json.dump(report, f, indent=2)
     print(f"wrote {_JSON.value}")
   if report["fits"] is False:
-    remat = ", model.remat_policy=full," if _PROGRAM.value == "train" else ""
     sys.exit(f"launch/compile.py: {program} needs {memory['peak_bytes'] / 2**30:.2f} GiB per device, more than "
-             f"the {report['device_memory_bytes'] / 2**30:.2f} GiB of one {report['device_kind']}: use a smaller "
-             f"batch{remat} or more devices")
+             f"the {report['device_memory_bytes'] / 2**30:.2f} GiB of one {report['device_kind']}. "
+             f"{aot.REMEDIES[_PROGRAM.value]}")
 
 
 if __name__ == "__main__":

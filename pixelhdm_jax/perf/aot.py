@@ -60,6 +60,11 @@ TPU_SLICES = {
 LOCAL = "local"  # this process's own devices (e.g. 8 simulated CPU devices in tests)
 
 
+# What to change when a program does not fit its devices, per program (`launch/compile.py --program`).
+REMEDIES = {"train": "Use a smaller batch, model.remat_policy=full, or more devices",
+            "forward": "Use a smaller batch or more devices"}
+
+
 class CompileError(RuntimeError):
   """The target cannot be compiled for here (no libtpu, unknown topology) or the program does not fit it; the
   message says what to do."""
@@ -231,7 +236,7 @@ def compile_train_step(config: ml_collections.ConfigDict, compile_for: CompileTa
     lowered = trainer.step_fn(repa).lower(trainer.abstract_state(), trainer.frozen, batch, rng)
     compiled = _compile(lowered, compile_for, f"the train step (batch {batch_size} of {height}x{width}, "
                         f"remat_policy={config.model.remat_policy})",
-                        "Use a smaller batch, model.remat_policy=full, or more devices")
+                        REMEDIES["train"])
     seconds = time.perf_counter() - started
   model_flops = flops.train_step_flops(config.model, height, width, config.text.max_length) * batch_size / len(devices)
   return _report(compiled, compile_for, model_flops, roofline_layers,
@@ -262,7 +267,7 @@ def compile_forward(config: ml_collections.ConfigDict, compile_for: CompileTarge
     forward = jax.jit(lambda weights, *args: model.apply({"params": weights}, *args).velocity)
     compiled = _compile(forward.lower(params, *inputs), compile_for,
                         f"one network pass (batch {batch_size} of {height}x{width})",
-                        "Use a smaller batch or more devices")
+                        REMEDIES["forward"])
     seconds = time.perf_counter() - started
   model_flops = flops.forward_flops(config.model, height, width, text).total * batch_size / len(devices)
   return _report(compiled, compile_for, model_flops, roofline_layers,

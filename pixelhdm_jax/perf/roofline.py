@@ -21,7 +21,11 @@ _BITS = {"pred": 8, "s2": 2, "u2": 2, "s4": 4, "u4": 4, "s8": 8, "u8": 8, "s16":
          "f4e2m1fn": 4, "f8e3m4": 8, "f8e4m3": 8, "f8e4m3fn": 8, "f8e4m3fnuz": 8, "f8e4m3b11fnuz": 8, "f8e5m2": 8,
          "f8e5m2fnuz": 8, "f8e8m0fnu": 8, "token": 0}
 _ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,<=]*)\]")
-_TILED_LAYOUT = re.compile(r"\{([0-9,]+):T\(")  # a layout's minor-to-major order, when tiles follow it
+_TILED_LAYOUT = re.compile(r"\{([0-9,]+):T\(([0-9,]+)\)")  # a tiled layout: its minor-to-major order, its first tile
+# Opcodes that compute each element from the same element of their operands: a slice of their result reads only
+# the sliced elements of each operand.
+_ELEMENTWISE = {"add", "subtract", "multiply", "divide", "maximum", "minimum", "negate", "abs", "exponential", "log",
+                "tanh", "logistic", "sqrt", "rsqrt", "power", "convert", "select", "compare", "clamp"}
 _HEADER = re.compile(r"^(ENTRY )?%(\S+) .*\{$")
 _INSTRUCTION = re.compile(r"^\s+(ROOT )?%(\S+) = (.*?) ([a-z][a-z0-9\-]*)\((.*)$")
 # Opcodes that launch no kernel: views, tuples, control flow (its bodies are counted), markers, async halves.
@@ -72,6 +76,12 @@ def array_bytes(shape: str) -> int:
       raise ValueError(f"unknown HLO element type {dtype!r} in {shape!r}: add its width to roofline._BITS")
     total += _BITS[dtype] * math.prod(int(d.lstrip("<=")) for d in dims.split(",") if d)
   return total // 8
+
+
+def _element_bits(shape: str) -> int:
+  """The width of an array shape's element type (its first array's, for a tuple)."""
+  match = _ARRAY.search(shape)
+  return _BITS[match.group(1)] if match else 0
 
 
 def _dims(shape: str) -> list[int]:
@@ -235,25 +245,27 @@ def _fusion_bytes(instruction: Instruction, computations: dict[str, list[Instruc
     parameter = parameters.get(position)
     if parameter in in_place:
       continue
-    sliced = _sliced_bytes(parameter, users, by_name)
-    read += array_bytes(shapes.get(operand, "")) if sliced is None else sliced
+    whole = array_bytes(shapes.get(operand, ""))
+    sliced = _sliced_elements(parameter, users, by_name)
+    read += whole if sliced is None else min(whole, sliced * _element_bits(shapes.get(operand, "")) // 8)
   return read + written
 
 
-def _sliced_bytes(name: str | None, users: dict[str, list[tuple[Instruction, int]]],
-                  by_name: dict[str, Instruction]) -> int | None:
-  """The bytes of the slices a fusion reads of `name` when it only slices it, directly or behind bitcasts (a wide
-  matmul output whose column blocks feed separate fusions); None when some use reads it whole."""
+def _sliced_elements(name: str | None, users: dict[str, list[tuple[Instruction, int]]],
+                     by_name: dict[str, Instruction]) -> int | None:
+  """How many elements of `name` a fusion reads when it only slices it, directly or behind bitcasts and elementwise
+  ops (a wide matmul output whose column blocks feed separate fusions, its bias added first); None when some use
+  reads it whole."""
   uses = users.get(name or "", [])
   if not uses:
     return None
   total = 0
   for user, position in uses:
-    if user.opcode == "bitcast":
-      part = _sliced_bytes(user.name, users, by_name)
-    elif user.opcode in ("slice", "dynamic-slice") and position == 0 \
-        and not _reads_whole_tiles(user, by_name[name].shape):
-      part = array_bytes(user.shape)
+    if user.opcode == "bitcast" or (user.opcode in _ELEMENTWISE
+                                    and _dims(user.shape) == _dims(by_name[name].shape)):
+      part = _sliced_elements(user.name, users, by_name)
+    elif user.opcode in ("slice", "dynamic-slice") and position == 0:
+      part = _touched_elements(user, by_name[name].shape)
     else:
       part = None
     if part is None:
@@ -262,14 +274,22 @@ def _sliced_bytes(name: str | None, users: dict[str, list[tuple[Instruction, int
   return total
 
 
-def _reads_whole_tiles(slice_: Instruction, operand_shape: str) -> bool:
-  """Whether a slice cuts one of the two tiled (minor-most) dimensions of a tiled layout (TPU, `T(8,128)`): it then
-  reads whole tiles, so the operand counts whole."""
+def _touched_elements(slice_: Instruction, operand_shape: str) -> int:
+  """The elements a slice reads: its own, or on a tiled layout (TPU, `T(8,128)`) those of every tile it touches,
+  as memory moves whole tiles."""
+  kept = _dims(slice_.shape)
   tiled = _TILED_LAYOUT.search(operand_shape)
-  if tiled is None:
-    return False
-  full, kept = _dims(operand_shape), _dims(slice_.shape)
-  return any(full[int(d)] != kept[int(d)] for d in tiled.group(1).split(",")[:2])
+  full = _dims(operand_shape)
+  if tiled is None or len(full) != len(kept):
+    return math.prod(kept)
+  minor_to_major = [int(d) for d in tiled.group(1).split(",")]
+  tile = [int(t) for t in tiled.group(2).split(",")]
+  bounds = re.findall(r"\[(\d+):(\d+)", slice_.line) if slice_.opcode == "slice" else []
+  extents = list(kept)
+  for dim, size in zip(minor_to_major, reversed(tile)):  # the last tile size goes with the minor-most dimension
+    start, limit = (int(b) for b in bounds[dim]) if bounds else (0, kept[dim])
+    extents[dim] = min(full[dim], (math.ceil(limit / size) - start // size) * size)
+  return math.prod(extents)
 
 
 def _bytes(instruction: Instruction, computations: dict[str, list[Instruction]], shapes: dict[str, str]) -> int:

@@ -138,7 +138,7 @@ def test_the_launcher_exits_when_a_network_pass_does_not_fit_a_gpu():
   done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
   assert done.returncode == 1, done.stderr[-3000:]
   assert re.search(r"launch/compile.py: one network pass needs [0-9.]+ GiB per device, more than the [0-9.]+ GiB of "
-                   r"one NVIDIA H100 80GB HBM3: use a smaller batch or more devices", done.stderr), done.stderr[-3000:]
+                   r"one NVIDIA H100 80GB HBM3\. Use a smaller batch or more devices", done.stderr), done.stderr[-3000:]
 
 
 def test_the_launcher_refuses_caches_for_a_network_pass():

@@ -164,6 +164,47 @@ def test_a_block_of_a_tiled_minor_dimension_reads_whole_tiles():
   assert bytes_of["r"] == 2 * 16 * 96 * 2  # a block of rows: read and written
 
 
+# Blocks along a tiled second-minor dimension (the TPU layout of the modulations: `{1,2,0:T(8,128)}` puts the 96
+# columns second-minor, tiled by 8), aligned and not, and a block read after a bias add (as the `dots` program does).
+ROW_TILES_AND_BIAS = """
+%aligned (m: bf16[2,32,96]) -> bf16[2,32,16] {
+  %m.a = bf16[2,32,96]{1,2,0:T(8,128)} parameter(0)
+  ROOT %block.a = bf16[2,32,16]{1,2,0:T(8,128)} slice(%m.a), slice={[0:2], [0:32], [32:48]}
+}
+
+%unaligned (m: bf16[2,32,96]) -> bf16[2,32,6] {
+  %m.u = bf16[2,32,96]{1,2,0:T(8,128)} parameter(0)
+  ROOT %block.u = bf16[2,32,6]{1,2,0:T(8,128)} slice(%m.u), slice={[0:2], [0:32], [4:10]}
+}
+
+%biased (wide: f32[64,96], bias: f32[96]) -> f32[4,16,16] {
+  %wide.b = f32[64,96]{1,0} parameter(0)
+  %bias.b = f32[96]{0} parameter(1)
+  %spread = f32[64,96]{1,0} broadcast(%bias.b), dimensions={1}
+  %sum.b = f32[64,96]{1,0} add(%wide.b, %spread)
+  %view.b = f32[4,16,96]{2,1,0} bitcast(%sum.b)
+  ROOT %block.b = f32[4,16,16]{2,1,0} slice(%view.b), slice={[0:4], [0:16], [16:32]}
+}
+
+ENTRY %main (m: bf16[2,32,96], wide: f32[64,96], bias: f32[96]) -> f32[4,16,16] {
+  %m.e = bf16[2,32,96]{1,2,0:T(8,128)} parameter(0)
+  %wide.e = f32[64,96]{1,0} parameter(1)
+  %bias.e = f32[96]{0} parameter(2)
+  %a = bf16[2,32,16]{1,2,0:T(8,128)} fusion(%m.e), kind=kLoop, calls=%aligned
+  %u = bf16[2,32,6]{1,2,0:T(8,128)} fusion(%m.e), kind=kLoop, calls=%unaligned
+  ROOT %b = f32[4,16,16]{2,1,0} fusion(%wide.e, %bias.e), kind=kLoop, calls=%biased
+}
+"""
+
+
+def test_blocks_of_a_tiled_second_minor_dimension_and_after_a_bias_count_what_they_touch():
+  kernels, _ = found(ROW_TILES_AND_BIAS)
+  bytes_of = {k.name: k.bytes for k in kernels}
+  assert bytes_of["a"] == 2 * (2 * 32 * 16) * 2  # two whole 8-row tiles read; the block written
+  assert bytes_of["u"] == 2 * (2 * 32 * 16) + 2 * (2 * 32 * 6)  # rows 4-10 touch the tiles of rows 0-16
+  assert bytes_of["b"] == 4 * (4 * 16 * 16) + 4 * 96 + 4 * (4 * 16 * 16)  # one block of the sum, the bias, the result
+
+
 BRANCHES = """
 %cheap (x: f32[1000]) -> f32[1000] {
   %x = f32[1000]{0} parameter(0)
