@@ -45,7 +45,7 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch (default: t
 _JSON = flags.DEFINE_string("json", None, "Write the report as JSON to this file.")
 _TEXT_CACHE = flags.DEFINE_bool("text_cache", False, "Compile the step that reads cached text encodings (no Qwen3).")
 _TEACHER_CACHE = flags.DEFINE_bool("teacher_cache", False, "Compile the REPA step that reads cached DINOv3 features.")
-_PROGRAM = flags.DEFINE_enum("program", "train", ["train", "forward"], "The train step, or one network pass "
+_PROGRAM = flags.DEFINE_enum("program", "train", list(aot.PROGRAMS), "The train step, or one network pass "
                              "(a sampling step's work: no remat, no encoders; --batch_size counts the guided batch).")
 _LAYERS = flags.DEFINE_integer("roofline_layers", 0, "Also print the roofline of this many costliest layers "
                                "(the JSON report carries them, or the 10 costliest).")
@@ -87,7 +87,7 @@ def main(argv):
       f"{memory['peak_bytes'] / 2**30:.2f} GiB per device (arguments {memory['argument_bytes'] / 2**30:.2f}, "
       f"outputs {memory['output_bytes'] / 2**30:.2f}, donated {memory['alias_bytes'] / 2**30:.2f}, "
       f"temporaries {memory['temp_bytes'] / 2**30:.2f})")
-  program = "the train step" if _PROGRAM.value == "train" else "one network pass"
+  program = aot.PROGRAMS[_PROGRAM.value]
   print(f"compiled {program} for {report['num_devices']} x {report['device_kind']} ({_TOPOLOGY.value}), mesh "
         f"{report['mesh']}, batch {report['batch_size']} of {report['height']}x{report['width']} in "
         f"{report['compile_s']:.1f} s: {summary}")

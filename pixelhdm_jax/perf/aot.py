@@ -60,7 +60,9 @@ TPU_SLICES = {
 LOCAL = "local"  # this process's own devices (e.g. 8 simulated CPU devices in tests)
 
 
-# What to change when a program does not fit its devices, per program (`launch/compile.py --program`).
+# The programs `launch/compile.py --program` compiles: their names in messages, and what to change when one does not
+# fit its devices.
+PROGRAMS = {"train": "the train step", "forward": "one network pass"}
 REMEDIES = {"train": "Use a smaller batch, model.remat_policy=full, or more devices",
             "forward": "Use a smaller batch or more devices"}
 
@@ -234,7 +236,7 @@ def compile_train_step(config: ml_collections.ConfigDict, compile_for: CompileTa
     rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=trainer.shardings.step)
     started = time.perf_counter()
     lowered = trainer.step_fn(repa).lower(trainer.abstract_state(), trainer.frozen, batch, rng)
-    compiled = _compile(lowered, compile_for, f"the train step (batch {batch_size} of {height}x{width}, "
+    compiled = _compile(lowered, compile_for, f"{PROGRAMS['train']} (batch {batch_size} of {height}x{width}, "
                         f"remat_policy={config.model.remat_policy})",
                         REMEDIES["train"])
     seconds = time.perf_counter() - started
@@ -266,7 +268,7 @@ def compile_forward(config: ml_collections.ConfigDict, compile_for: CompileTarge
     started = time.perf_counter()
     forward = jax.jit(lambda weights, *args: model.apply({"params": weights}, *args).velocity)
     compiled = _compile(forward.lower(params, *inputs), compile_for,
-                        f"one network pass (batch {batch_size} of {height}x{width})",
+                        f"{PROGRAMS['forward']} (batch {batch_size} of {height}x{width})",
                         REMEDIES["forward"])
     seconds = time.perf_counter() - started
   model_flops = flops.forward_flops(config.model, height, width, text).total * batch_size / len(devices)

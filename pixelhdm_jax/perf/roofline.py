@@ -78,12 +78,6 @@ def array_bytes(shape: str) -> int:
   return total // 8
 
 
-def _element_bits(shape: str) -> int:
-  """The width of an array shape's element type (its first array's, for a tuple)."""
-  match = _ARRAY.search(shape)
-  return _BITS[match.group(1)] if match else 0
-
-
 def _dims(shape: str) -> list[int]:
   match = _ARRAY.search(shape)
   return [int(d.lstrip("<=")) for d in match.group(2).split(",") if d] if match else []
@@ -217,7 +211,7 @@ def _through_bitcasts(name: str, by_name: dict[str, Instruction]) -> str:
 
 def _fusion_bytes(instruction: Instruction, computations: dict[str, list[Instruction]],
                   shapes: dict[str, str]) -> int:
-  """Operands and results of a fusion; an operand it only slices (also behind bitcasts) counts the slices, a buffer
+  """Operands and results of a fusion; an operand it only slices counts the slices (`_sliced_elements`), a buffer
   it updates in place (a dynamic-update-slice among its results, also behind bitcasts or in a tuple) the update."""
   body = computations.get(_called(instruction.line, "calls") or "", [])
   by_name = {inner.name: inner for inner in body}
@@ -247,7 +241,8 @@ def _fusion_bytes(instruction: Instruction, computations: dict[str, list[Instruc
       continue
     whole = array_bytes(shapes.get(operand, ""))
     sliced = _sliced_elements(parameter, users, by_name)
-    read += whole if sliced is None else min(whole, sliced * _element_bits(shapes.get(operand, "")) // 8)
+    elements = math.prod(_dims(shapes.get(operand, ""))) or 1
+    read += whole if sliced is None else min(whole, whole * sliced // elements)
   return read + written
 
 
@@ -284,7 +279,8 @@ def _touched_elements(slice_: Instruction, operand_shape: str) -> int:
     return math.prod(kept)
   minor_to_major = [int(d) for d in tiled.group(1).split(",")]
   tile = [int(t) for t in tiled.group(2).split(",")]
-  bounds = re.findall(r"\[(\d+):(\d+)", slice_.line) if slice_.opcode == "slice" else []
+  listed = re.search(r"slice=\{([^}]*)\}", slice_.line) if slice_.opcode == "slice" else None
+  bounds = re.findall(r"\[(\d+):(\d+)", listed.group(1)) if listed else []
   extents = list(kept)
   for dim, size in zip(minor_to_major, reversed(tile)):  # the last tile size goes with the minor-most dimension
     start, limit = (int(b) for b in bounds[dim]) if bounds else (0, kept[dim])
